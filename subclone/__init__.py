@@ -1,0 +1,17 @@
+"""subclone: make a smaller transformer from a larger pretrained one by weight subcloning.
+
+    parent = load_parent("smollm2-135m")          # parents.py
+    imp = analyze(parent, data="builtin")          # importance.py
+    shape = resolve_shape(parent.family, parent.shape, layers=24, hidden=504, ffn=1280)
+    plan = make_plan(parent, imp, shape)           # plan.py
+    child = build(parent, plan)                    # clone.py
+    print(evaluate_child(child, parent))           # evaluate.py
+"""
+from .errors import SubcloneError
+from .parents import load_parent
+from .importance import Importance, analyze
+from .plan import Plan, make_plan, resolve_shape, valid_values
+from .clone import build
+
+__all__ = ["SubcloneError", "load_parent", "Importance", "analyze", "Plan", "make_plan", "resolve_shape",
+           "valid_values", "build"]

@@ -1,0 +1,43 @@
+"""BERT encoders (MiniLM, sentence-transformers): post-norm LayerNorm, learned positions, no LM head."""
+from . import F, Q, R, Family
+
+FAMILY = Family(
+    name="bert",
+    model_types=("bert",),
+    kind="encoder",
+    layers="encoder.layer",
+    sizes=dict(layers="num_hidden_layers", hidden="hidden_size", ffn="intermediate_size",
+               heads="num_attention_heads"),
+    tensors={
+        "embeddings.word_embeddings.weight": (None, R),
+        "embeddings.position_embeddings.weight": (None, R),
+        "embeddings.token_type_embeddings.weight": (None, R),
+        "embeddings.LayerNorm.weight": (R,),
+        "embeddings.LayerNorm.bias": (R,),
+        "pooler.dense.weight": (R, R),
+        "pooler.dense.bias": (R,),
+    },
+    block={
+        "attention.self.query.weight": (Q, R),
+        "attention.self.query.bias": (Q,),
+        "attention.self.key.weight": (Q, R),
+        "attention.self.key.bias": (Q,),
+        "attention.self.value.weight": (Q, R),
+        "attention.self.value.bias": (Q,),
+        "attention.output.dense.weight": (R, Q),
+        "attention.output.dense.bias": (R,),
+        "attention.output.LayerNorm.weight": (R,),
+        "attention.output.LayerNorm.bias": (R,),
+        "intermediate.dense.weight": (F, R),
+        "intermediate.dense.bias": (F,),
+        "output.dense.weight": (R, F),
+        "output.dense.bias": (R,),
+        "output.LayerNorm.weight": (R,),
+        "output.LayerNorm.bias": (R,),
+    },
+    ffn_input="output.dense",
+    heads_input="attention.output.dense",
+    embeddings=("embeddings.word_embeddings.weight", "embeddings.position_embeddings.weight",
+                   "embeddings.token_type_embeddings.weight"),
+    head_dim_from_hidden=True,
+)

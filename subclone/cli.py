@@ -1,0 +1,149 @@
+"""The command line: analyze, clone, eval. One JSON object on stdout; errors are one line and exit 2.
+
+    python -m subclone analyze --parent smollm2-135m --out runs/analysis
+    python -m subclone clone --parent smollm2-135m --layers 24 --hidden 504 --ffn 1280 --out runs/child
+    python -m subclone eval --model runs/child --json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+
+from .errors import SubcloneError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, like every other bad input
+        raise SubcloneError(f"{message} (see python -m subclone {self.prog.split()[-1]} --help)")
+
+
+def _shape_flags(p):
+    g = p.add_argument_group("child shape (left out: the parent's size)")
+    for name in ("layers", "hidden", "ffn", "heads", "kv-heads"):
+        g.add_argument(f"--{name}", type=int)
+    p.add_argument("--block-rule", default="magnitude",
+                   help="magnitude (the paper), bi, middle, first, or a block list like 0-11,18-29")
+    p.add_argument("--neuron-rule", default="importance", help="importance (the paper), uniform, first, random")
+    p.add_argument("--no-scale", action="store_true", help="do not rescale sliced weights by sqrt(d/d')")
+    p.add_argument("--seed", type=int, default=0, help="for the random neuron rule")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = _Parser(prog="python -m subclone", description="Make a smaller transformer by weight subcloning.")
+    sub = top.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    data_help = "builtin (default), a .txt/.jsonl/.csv/.parquet file, or a datasets hub id"
+
+    a = sub.add_parser("analyze", help="measure which neurons, heads and blocks matter")
+    a.add_argument("--parent", default="smollm2-135m")
+    a.add_argument("--data", default="builtin", help=data_help)
+    a.add_argument("--out", help="also write importance.safetensors and analysis.json here")
+
+    c = sub.add_parser("clone", help="build a child and save it as a Hugging Face model directory")
+    c.add_argument("--parent", default="smollm2-135m")
+    c.add_argument("--data", default="builtin", help=data_help)
+    _shape_flags(c)
+    c.add_argument("--out", required=True)
+
+    e = sub.add_parser("eval", help="evaluate a saved child against its parent")
+    e.add_argument("--model", required=True, help="a directory written by clone")
+    e.add_argument("--parent", help="default: the parent named in the model's subclone.json")
+    e.add_argument("--data", default="builtin", help=data_help)
+    e.add_argument("--json", action="store_true", help="print one JSON object (the default output too)")
+    e.add_argument("--no-speed", action="store_true", help="skip the latency measurement")
+    return top
+
+
+def _analysis_summary(parent, imp) -> dict:
+    order = imp.magnitude.argsort().tolist()
+    return dict(parent=parent.name, family=parent.family.name, shape=parent.shape.to_dict(), **imp.meta,
+                blocks_closest_to_identity=order[: max(1, len(order) // 4)],
+                layer_consistency=round(imp.layer_consistency().mean().item(), 3))
+
+
+def cmd_analyze(args) -> dict:
+    from . import analyze, load_parent
+
+    if args.out:
+        from .export import check_writable
+
+        check_writable(args.out)
+    parent = load_parent(args.parent)
+    imp = analyze(parent, args.data)
+    summary = _analysis_summary(parent, imp)
+    if args.out:
+        from pathlib import Path
+
+        imp.save(Path(args.out) / "importance.safetensors")
+        (Path(args.out) / "analysis.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def cmd_clone(args) -> dict:
+    from . import analyze, build, load_parent, make_plan, resolve_shape
+    from .export import check_writable, save
+
+    check_writable(args.out)
+    parent = load_parent(args.parent)
+    shape = resolve_shape(parent.family, parent.shape, layers=args.layers, hidden=args.hidden, ffn=args.ffn,
+                          heads=args.heads, kv_heads=args.kv_heads)
+    imp = analyze(parent, args.data)
+    plan = make_plan(parent, imp, shape, block_rule=args.block_rule, neuron_rule=args.neuron_rule,
+                     scale=False if args.no_scale else None, seed=args.seed)
+    child = build(parent, plan)
+    save(child, parent.tokenizer, plan, args.out, extra=dict(data=args.data, parent_params=parent.model.num_parameters()))
+    return dict(out=args.out, parent=parent.name, shape=plan.shape.to_dict(), layers=plan.layers,
+                params=plan.params, parent_params=parent.model.num_parameters(),
+                flops_per_token=plan.flops_per_token, block_rule=plan.block_rule, neuron_rule=plan.neuron_rule,
+                scale=plan.scale)
+
+
+def cmd_eval(args) -> dict:
+    from pathlib import Path
+
+    import torch
+    from transformers import AutoConfig
+
+    from .arch import family_for
+    from .evaluate import evaluate, held_out
+    from .export import read_plan
+    from .parents import auto_class, load_parent
+
+    model_dir = Path(args.model)
+    if not (model_dir / "config.json").exists():
+        raise SubcloneError(f"'{args.model}' is not a model directory (no config.json); give a directory written by clone")
+    record = read_plan(model_dir) or {}
+    parent_name = args.parent or record.get("parent")
+    if not parent_name:
+        raise SubcloneError(f"'{args.model}' has no subclone.json naming its parent; give --parent")
+    family = family_for(AutoConfig.from_pretrained(model_dir))
+    child = auto_class(family).from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True).eval()
+    parent = load_parent(parent_name)
+    if parent.family.kind != family.kind:
+        raise SubcloneError(f"the child is a {family.name} model but parent '{parent_name}' is {parent.family.name}")
+    result = evaluate(child, parent.model, held_out(parent, args.data), family.kind,
+                      residual=record.get("residual"), speed=not args.no_speed)
+    return dict(model=str(model_dir), parent=parent.name, **result)
+
+
+COMMANDS = {"analyze": cmd_analyze, "clone": cmd_clone, "eval": cmd_eval}
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore")
+    try:
+        args = parser().parse_args(argv)
+        result = COMMANDS[args.command](args)
+    except SubcloneError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    return 0

@@ -1,0 +1,91 @@
+"""Build the child: slice the parent's tensors along the plan's kept indices, scale, load into a plain model.
+
+Every tensor is cut by the axes its family spec declares, so one function serves every family. Kept
+indices stay in ascending order: a child of the parent's full shape is the parent itself, and any
+smaller child is the parent with some rows and columns removed. The child is a vanilla transformers
+model built from an explicit config, with no random initialization of weights that are overwritten.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from accelerate import init_empty_weights
+
+from .arch import F, KV, Q, QKV, R
+from .parents import Parent, auto_class
+from .plan import Plan
+
+
+def _heads_to_dims(heads: list[int], head_dim: int) -> torch.Tensor:
+    return (torch.tensor(heads)[:, None] * head_dim + torch.arange(head_dim)).flatten()
+
+
+def _indices(axis, plan: Plan, j: int | None, parent_heads: int, head_dim: int) -> torch.Tensor | None:
+    """Kept indices along one axis; j is the position of the block in the child (None: global tensor)."""
+    if axis == R:
+        return torch.tensor(plan.residual)
+    if axis == F:
+        return torch.tensor(plan.ffn[j])
+    if axis == Q:
+        return _heads_to_dims(plan.heads[j], head_dim)
+    if axis == KV:
+        return _heads_to_dims(plan.kv_heads[j], head_dim)
+    if axis == QKV:  # GPT-2's c_attn: [q | k | v], each parent_heads * head_dim wide
+        q = _heads_to_dims(plan.heads[j], head_dim)
+        return torch.cat([q + part * parent_heads * head_dim for part in range(3)])
+    return None
+
+
+def _scale_group(family, key: str, layer, axes) -> str | None:
+    if key in family.embeddings or key == family.lm_head:
+        return "embed"
+    if len(axes) != 2:
+        return None  # norms and biases are sliced, never scaled
+    fan_in = axes[0] if family.weights_in_out else axes[1]
+    return {R: "residual", F: "ffn", Q: "attn"}.get(fan_in)
+
+
+def slice_state(parent: Parent, plan: Plan) -> dict[str, torch.Tensor]:
+    """The child's state dict, shape-checked against the plan."""
+    family, pshape = parent.family, parent.shape
+    ratio = {"residual": pshape.hidden / plan.shape.hidden, "ffn": pshape.ffn / plan.shape.ffn,
+             "attn": pshape.heads / plan.shape.heads, "embed": pshape.hidden / plan.shape.hidden}
+    position = {layer: j for j, layer in enumerate(plan.layers)}
+    out, done = {}, {}
+    for key, tensor in parent.model.state_dict().items():
+        layer, inner, axes = family.locate(key)
+        if layer is not None and layer not in position:
+            continue
+        j = position.get(layer)
+        name = key if layer is None else f"{family.layers}.{j}.{inner}"
+        if tensor.data_ptr() in done:  # tied weights stay one tensor
+            out[name] = out[done[tensor.data_ptr()]]
+            continue
+        t = tensor
+        for dim, axis in enumerate(axes):
+            idx = _indices(axis, plan, j, pshape.heads, pshape.head_dim)
+            if idx is not None:
+                t = t.index_select(dim, idx)
+        group = _scale_group(family, key, layer, axes)
+        if group and plan.scale.get(group) and ratio[group] != 1:
+            t = t * math.sqrt(ratio[group])
+        out[name] = t.contiguous()
+        done[tensor.data_ptr()] = name
+    return out
+
+
+def build(parent: Parent, plan: Plan) -> torch.nn.Module:
+    """The child as a plain transformers model, in eval mode."""
+    family = parent.family
+    config = family.child_config(parent.config, plan.shape, plan.layers)
+    state = slice_state(parent, plan)
+    with init_empty_weights(include_buffers=False):  # parameters on meta: nothing random is computed
+        child = auto_class(family).from_config(config, dtype=torch.float32)
+    expected = {k: tuple(v.shape) for k, v in child.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    assert expected == got, f"slicing produced the wrong tensors: {set(expected.items()) ^ set(got.items())}"
+    child.load_state_dict(state, strict=True, assign=True)
+    if getattr(config, "tie_word_embeddings", False):
+        child.tie_weights()
+    return child.eval()

@@ -1,0 +1,153 @@
+"""What matters in a parent, measured with forward hooks on calibration text.
+
+Hands the plan an `Importance` record of plain tensors, per block of the parent:
+- residual (L, H): mean |activation| of each residual-stream dimension at each block's output;
+  `residual.sum(0)` is the one ranking shared by every layer (the residual stream is shared).
+- ffn (L, F): mean |input of the FFN down projection| per hidden neuron.
+- heads (L, Hq): mean L2 norm of each query head's output (input of the attention out projection).
+- magnitude (L,): relative magnitude ||f(x)|| / ||x + f(x)|| of each block y = x + f(x) (the paper).
+- bi (L,): block influence 1 - cos(x, y) (ShortGPT).
+Records are cached on disk, keyed by parent, data and settings.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+import json
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import data as data_mod
+from .parents import Parent, home
+
+Progress = Callable[[float, str], None]
+FIELDS = ("residual", "ffn", "heads", "magnitude", "bi")
+
+
+@dataclass
+class Importance:
+    residual: torch.Tensor
+    ffn: torch.Tensor
+    heads: torch.Tensor
+    magnitude: torch.Tensor
+    bi: torch.Tensor
+    meta: dict = field(default_factory=dict)  # parent, data, tokens, seconds
+
+    @property
+    def residual_ranking(self) -> torch.Tensor:
+        """Per-dimension score summed over layers: one ranking for the whole residual stream."""
+        return self.residual.sum(0)
+
+    def layer_consistency(self, top: float = 0.5) -> torch.Tensor:
+        """(L, L) overlap of each pair of layers' top residual dimensions (1 = same set)."""
+        k = max(1, int(self.residual.shape[1] * top))
+        sets = torch.zeros_like(self.residual, dtype=torch.bool)
+        sets.scatter_(1, self.residual.topk(k, dim=1).indices, True)
+        s = sets.float()
+        return (s @ s.T) / k
+
+    def save(self, path) -> None:
+        save_file({k: getattr(self, k).contiguous() for k in FIELDS}, str(path),
+                  metadata={"meta": json.dumps(self.meta)})
+
+    @classmethod
+    def load(cls, path) -> "Importance":
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads(f.metadata()["meta"])
+        return cls(**load_file(str(path)), meta=meta)
+
+
+@contextlib.contextmanager
+def _hooks(pairs):
+    """Register (module, pre_hook, hook) triples; always removed, even on error."""
+    handles = []
+    try:
+        for module, pre, post in pairs:
+            if pre is not None:
+                handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+            if post is not None:
+                handles.append(module.register_forward_hook(post, with_kwargs=True))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _first(args, kwargs, key="hidden_states"):
+    return args[0] if args else kwargs[key]
+
+
+def _out(output):
+    return output[0] if isinstance(output, tuple) else output
+
+
+@torch.no_grad()
+def measure(parent: Parent, tokens: data_mod.Tokens, batch_size: int = 4,
+            progress: Progress | None = None) -> Importance:
+    """Run the parent on calibration tokens and accumulate the statistics of every block."""
+    fam, shape = parent.family, parent.shape
+    blocks = parent.model.get_submodule(fam.layers)
+    L = len(blocks)
+    acc = dict(residual=torch.zeros(L, shape.hidden), ffn=torch.zeros(L, shape.ffn),
+               heads=torch.zeros(L, shape.heads), magnitude=torch.zeros(L), bi=torch.zeros(L))
+    block_in = {}
+
+    def hooks_for(i, block):
+        def pre_block(_, args, kwargs):
+            block_in[i] = _first(args, kwargs)
+
+        def post_block(_, args, kwargs, output):
+            x, y = block_in.pop(i), _out(output)
+            acc["residual"][i] += y.abs().sum((0, 1))
+            f = (y - x).norm(dim=-1)
+            acc["magnitude"][i] += (f / y.norm(dim=-1).clamp_min(1e-12)).sum()
+            acc["bi"][i] += (1 - torch.nn.functional.cosine_similarity(x, y, dim=-1)).sum()
+
+        def pre_ffn(_, args, kwargs):
+            acc["ffn"][i] += _first(args, kwargs, "input").abs().sum((0, 1))
+
+        def pre_heads(_, args, kwargs):
+            z = _first(args, kwargs, "input")
+            acc["heads"][i] += z.unflatten(-1, (shape.heads, shape.head_dim)).norm(dim=-1).sum((0, 1))
+
+        return [(block, pre_block, post_block),
+                (block.get_submodule(fam.ffn_input), pre_ffn, None),
+                (block.get_submodule(fam.heads_input), pre_heads, None)]
+
+    n = len(tokens.ids)
+    with _hooks([h for i, b in enumerate(blocks) for h in hooks_for(i, b)]):
+        done = 0
+        for batch in tokens.batches(batch_size):
+            parent.model.base_model(input_ids=batch)  # no LM head: only the blocks matter here
+            done += len(batch)
+            if progress:
+                progress(done / n, f"calibration batch {done}/{n}")
+    count = tokens.count
+    return Importance(**{k: v / count for k, v in acc.items()})
+
+
+def analyze(parent: Parent, data: str = "builtin", seq_len: int = 256, samples: int = 16,
+            cache: bool = True, progress: Progress | None = None) -> Importance:
+    """Importance of a parent on the calibration split of `data`, from the disk cache when it has it."""
+    text = data_mod.load_text(data)
+    calib, _ = data_mod.split(text)
+    key = f"{parent.fingerprint}-{data_mod.digest(calib)}-{seq_len}x{samples}"
+    path = home() / "importance" / f"{key}.safetensors"
+    if cache and path.exists():
+        return Importance.load(path)
+    tokens = data_mod.chunk(parent.tokenizer, calib, seq_len, samples, parent.family.kind == "encoder",
+                            "calibration")
+
+    t = time.perf_counter()
+    imp = measure(parent, tokens, progress=progress)
+    imp.meta = dict(parent=parent.name, data=data, tokens=tokens.count, seq_len=seq_len,
+                    seconds=round(time.perf_counter() - t, 2))
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        imp.save(path)
+    return imp

@@ -1,0 +1,261 @@
+"""The child's design: a target shape, which blocks / neurons / heads to keep, and how to scale.
+
+Everything here is instant: no model is built. `valid_values` says which sizes are possible (the
+app's sliders snap to them), `resolve_shape` refuses an impossible one and names the nearest valid
+values, `count` gives parameters and FLOPs/token from the family spec alone, and `make_plan` turns
+an `Importance` record plus rules into a `Plan`: plain data, written to subclone.json by the CLI,
+that `clone.build` follows.
+"""
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from .arch import F, KV, Q, QKV, R, Family, Shape
+from .errors import SubcloneError
+from .importance import Importance
+
+SCALE_GROUPS = ("residual", "ffn", "attn", "embed")
+# Measured on SmolLM2-135M -> 24 layers / 504 hidden / 1280 ffn, held-out perplexity with no training
+# (parent 14.6): no scaling 110.0; residual fan-in 94.5; + embeddings/LM head 85.5; + ffn fan-in 87.7.
+DEFAULT_SCALE = {"residual": True, "ffn": False, "attn": False, "embed": True}
+FLOPS_CONTEXT = 256  # context length at which attention FLOPs/token are counted
+
+
+# ---- neuron rules: (scores, k, generator) -> k kept indices, ascending ----------------------------
+
+def _importance(scores, k, gen):
+    return scores.topk(k).indices
+
+
+def _uniform(scores, k, gen):  # weight selection: evenly spaced, whatever the scores
+    return torch.linspace(0, len(scores) - 1, k).round().long()
+
+
+def _first(scores, k, gen):
+    return torch.arange(k)
+
+
+def _random(scores, k, gen):
+    return torch.randperm(len(scores), generator=gen)[:k]
+
+
+NEURON_RULES = {"importance": _importance, "uniform": _uniform, "first": _first, "random": _random}
+
+
+# ---- block rules: (importance, n) -> n kept block indices, ascending -----------------------------
+
+def _keep_top(metric):
+    return lambda imp, n: getattr(imp, metric).topk(n).indices.tolist()
+
+
+def _middle(imp, n):  # the paper: middle blocks are closest to identity, drop them
+    L = len(imp.magnitude)
+    start = n // 2  # drop L - n blocks centred on the middle
+    return [i for i in range(L) if not start <= i < start + L - n]
+
+
+def _first_blocks(imp, n):
+    return list(range(n))
+
+
+BLOCK_RULES = {"magnitude": _keep_top("magnitude"), "bi": _keep_top("bi"), "middle": _middle,
+               "first": _first_blocks}
+
+
+def _rule(table: dict, name: str, what: str):
+    if name not in table:
+        raise SubcloneError(f"unknown {what} '{name}'. Available: {', '.join(table)}"
+                            + (", or a list of block indices like 0-11,20-29" if what == "block rule" else ""))
+    return table[name]
+
+
+def parse_block_list(text: str, n_layers: int) -> list[int] | None:
+    """'0-11,20,25-29' -> sorted indices; None when text is a rule name instead."""
+    if not text or not (text[0].isdigit()):
+        return None
+    out = set()
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            out.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise SubcloneError(f"cannot read block list '{text}': write indices and ranges like 0-11,20,25-29") from None
+    bad = [i for i in out if not 0 <= i < n_layers]
+    if bad:
+        raise SubcloneError(f"block list '{text}' names block {bad[0]}; the parent has blocks 0-{n_layers - 1}")
+    return sorted(out)
+
+
+# ---- shapes --------------------------------------------------------------------------------------
+
+def head_pairs(parent: Shape) -> list[tuple[int, int]]:
+    """Valid (heads, kv_heads): whole KV groups, the same number of query heads in each."""
+    group = parent.heads // parent.kv_heads
+    if group == 1:  # plain multi-head attention: heads and kv heads move together
+        return [(h, h) for h in range(1, parent.heads + 1)]
+    return sorted({(kv * g, kv) for kv in range(1, parent.kv_heads + 1) for g in range(1, group + 1)})
+
+
+def valid_values(family: Family, parent: Shape, heads: int | None = None) -> dict[str, list[int]]:
+    """Every value each size may take, given the child's head count (the parent's when None)."""
+    heads = heads or parent.heads
+    if family.head_dim_from_hidden:
+        hidden = [heads * parent.head_dim]
+    else:
+        hidden = list(range(heads, parent.hidden + 1, heads))
+    return dict(layers=list(range(1, parent.layers + 1)), hidden=hidden, ffn=list(range(1, parent.ffn + 1)),
+                heads=sorted({h for h, _ in head_pairs(parent)}),
+                kv_heads=sorted({kv for h, kv in head_pairs(parent) if h == heads}))
+
+
+def nearest(value: int, valid: list[int]) -> list[int]:
+    """The valid values on either side of value (one if value is beyond the ends)."""
+    i = bisect.bisect_left(valid, value)
+    return sorted({valid[j] for j in (i - 1, i) if 0 <= j < len(valid)})
+
+
+def snap(value: int, valid: list[int]) -> int:
+    return min(valid, key=lambda v: (abs(v - value), -v))
+
+
+def _check(name: str, value: int, valid: list[int], why: str) -> None:
+    if value not in valid:
+        near = " or ".join(map(str, nearest(value, valid)))
+        raise SubcloneError(f"{name} {value} is not possible: {why}; nearest valid: {near}")
+
+
+def resolve_shape(family: Family, parent: Shape, layers=None, hidden=None, ffn=None, heads=None,
+                  kv_heads=None) -> Shape:
+    """The child's shape from the sizes given (None keeps the parent's), or a clear error."""
+    if family.head_dim_from_hidden:  # hidden = heads * head_dim: either one fixes the other
+        if hidden is not None and heads is None and hidden % parent.head_dim == 0:
+            heads = hidden // parent.head_dim
+        if heads is not None and hidden is None:
+            hidden = heads * parent.head_dim
+    layers = parent.layers if layers is None else layers
+    heads = parent.heads if heads is None else heads
+    pairs = head_pairs(parent)
+    _check("heads", heads, sorted({h for h, _ in pairs}),
+           f"query heads come in whole KV groups of at most {parent.heads // parent.kv_heads} "
+           f"(parent: {parent.heads} heads, {parent.kv_heads} kv heads)")
+    if kv_heads is None:
+        kv_heads = max(kv for h, kv in pairs if h == heads)
+    _check("kv_heads", kv_heads, [kv for h, kv in pairs if h == heads],
+           f"kv_heads must divide heads {heads} with at most {parent.heads // parent.kv_heads} query heads each, "
+           f"and be at most {parent.kv_heads}")
+    hidden = parent.hidden if hidden is None else hidden
+    v = valid_values(family, parent, heads)
+    _check("layers", layers, v["layers"], f"the parent has {parent.layers} blocks; keep 1 to {parent.layers}")
+    _check("hidden", hidden, v["hidden"],
+           f"hidden must equal heads x {parent.head_dim} in {family.name}" if family.head_dim_from_hidden
+           else f"hidden must be a multiple of heads ({heads}) and at most {parent.hidden}")
+    _check("ffn", ffn if ffn is not None else parent.ffn, v["ffn"], f"ffn must be 1 to {parent.ffn}")
+    return Shape(layers=layers, hidden=hidden, ffn=parent.ffn if ffn is None else ffn, heads=heads,
+                 kv_heads=kv_heads, head_dim=parent.head_dim)
+
+
+def _axis_size(axis, shape: Shape, parent_size: int) -> int:
+    return {R: shape.hidden, F: shape.ffn, Q: shape.heads * shape.head_dim, KV: shape.kv_heads * shape.head_dim,
+            QKV: 3 * shape.heads * shape.head_dim, None: parent_size}[axis]
+
+
+def count(model, family: Family, shape: Shape, tied: bool, context: int = FLOPS_CONTEXT) -> tuple[int, int]:
+    """(parameters, forward FLOPs per token) of a child of `shape`, from the spec: nothing is built."""
+    params = flops = 0
+    for key, t in model.state_dict().items():
+        layer, _, axes = family.locate(key)
+        if layer not in (None, 0):
+            continue  # every block has the same shape: count block 0, times the child's depth
+        n = math.prod(_axis_size(a, shape, s) for a, s in zip(axes, t.shape)) * (shape.layers if layer == 0 else 1)
+        if not (tied and key == family.lm_head):
+            params += n
+        if len(axes) == 2 and key not in family.embeddings:
+            flops += 2 * n  # a matmul: one multiply and one add per weight
+    flops += 2 * 2 * shape.layers * shape.heads * shape.head_dim * context  # q.k and attn.v
+    return params, flops
+
+
+def is_tied(model) -> bool:
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return out is not None and out.weight is model.get_input_embeddings().weight
+
+
+# ---- plans ---------------------------------------------------------------------------------------
+
+@dataclass
+class Plan:
+    parent: str
+    family: str
+    shape: Shape
+    layers: list[int]  # kept parent blocks, ascending
+    residual: list[int]  # kept residual dimensions, the same in every block
+    ffn: list[list[int]]  # kept FFN neurons, per kept block
+    heads: list[list[int]]  # kept query heads, per kept block
+    kv_heads: list[list[int]]  # kept KV heads, per kept block
+    block_rule: str = "magnitude"
+    neuron_rule: str = "importance"
+    scale: dict = field(default_factory=lambda: dict(DEFAULT_SCALE))
+    seed: int = 0
+    params: int = 0
+    flops_per_token: int = 0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["shape"] = self.shape.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Plan":
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**{**known, "shape": Shape(**d["shape"])})
+
+
+def scale_choice(scale) -> dict:
+    """True / False for every group, or a dict naming some groups (the rest take the defaults)."""
+    if isinstance(scale, bool):
+        return dict.fromkeys(SCALE_GROUPS, scale)
+    unknown = set(scale or {}) - set(SCALE_GROUPS)
+    if unknown:
+        raise SubcloneError(f"unknown scaling group '{sorted(unknown)[0]}'. Available: {', '.join(SCALE_GROUPS)}")
+    return {**DEFAULT_SCALE, **(scale or {})}
+
+
+def choose_layers(importance: Importance, n: int, block_rule: str) -> list[int]:
+    L = len(importance.magnitude)
+    explicit = parse_block_list(block_rule, L)
+    if explicit is not None:
+        if len(explicit) != n:
+            raise SubcloneError(f"block list '{block_rule}' keeps {len(explicit)} blocks but layers is {n}; "
+                                f"give layers {len(explicit)} or a list of {n} blocks")
+        return explicit
+    return sorted(_rule(BLOCK_RULES, block_rule, "block rule")(importance, n))
+
+
+def _select_heads(scores, parent: Shape, shape: Shape, rule, gen) -> tuple[list[int], list[int]]:
+    """Whole KV groups first, then the same number of query heads inside each kept group."""
+    group = parent.heads // parent.kv_heads
+    groups = scores.view(parent.kv_heads, group)
+    kv = rule(groups.sum(1), shape.kv_heads, gen).sort().values
+    per = shape.heads // shape.kv_heads
+    q = [g * group + int(w) for g in kv.tolist() for w in rule(groups[g], per, gen).sort().values]
+    return q, kv.tolist()
+
+
+def make_plan(parent, importance: Importance, shape: Shape, block_rule: str = "magnitude",
+              neuron_rule: str = "importance", scale=None, seed: int = 0) -> Plan:
+    """Which blocks, residual dims, FFN neurons and heads the child keeps."""
+    family, pshape = parent.family, parent.shape
+    rule = _rule(NEURON_RULES, neuron_rule, "neuron rule")
+    gen = torch.Generator().manual_seed(seed)
+    layers = choose_layers(importance, shape.layers, block_rule)
+    residual = rule(importance.residual_ranking, shape.hidden, gen).sort().values.tolist()
+    ffn = [rule(importance.ffn[i], shape.ffn, gen).sort().values.tolist() for i in layers]
+    heads, kv = zip(*[_select_heads(importance.heads[i], pshape, shape, rule, gen) for i in layers])
+    params, flops = count(parent.model, family, shape, is_tied(parent.model))
+    return Plan(parent=parent.name, family=family.name, shape=shape, layers=layers, residual=residual, ffn=ffn,
+                heads=list(heads), kv_heads=list(kv), block_rule=block_rule, neuron_rule=neuron_rule,
+                scale=scale_choice(scale), seed=seed, params=params, flops_per_token=flops)

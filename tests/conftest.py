@@ -1,0 +1,80 @@
+"""Tiny random models of every supported family, built in the tests (no download)."""
+import os
+
+import pytest
+import torch
+import transformers
+from transformers import AutoModel, AutoModelForCausalLM
+
+from subclone.arch import family_for
+from subclone.parents import Parent
+
+transformers.utils.logging.set_verbosity_error()
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+VOCAB = 96
+TINY = {
+    # Llama with grouped-query attention (3 KV groups of 2 query heads) and tied embeddings, like SmolLM2
+    "llama": transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=48, intermediate_size=40, num_hidden_layers=4,
+                                      num_attention_heads=6, num_key_value_heads=3, head_dim=8,
+                                      tie_word_embeddings=True),
+    # Qwen2: q/k/v biases, layer_types, untied head
+    "qwen2": transformers.Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False),
+    "mistral": transformers.MistralConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=40, num_hidden_layers=3,
+                                          num_attention_heads=4, num_key_value_heads=4, head_dim=8),
+    "gpt2": transformers.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=3, n_head=4, n_positions=64,
+                                    bos_token_id=0, eos_token_id=0),
+    "bert": transformers.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                                    intermediate_size=48),
+}
+
+
+def tiny_model(name: str, seed: int = 0):
+    torch.manual_seed(seed)
+    config = TINY[name]
+    auto = AutoModelForCausalLM if family_for(config).kind == "causal-lm" else AutoModel
+    model = auto.from_config(config, dtype=torch.float32).eval()
+    with torch.no_grad():  # norms start at exactly 1 / 0: perturb them so slicing mistakes show
+        for n, p in model.named_parameters():
+            if p.ndim == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def tiny_parent(name: str) -> Parent:
+    model = tiny_model(name)
+    return Parent(name=f"tiny-{name}", model=model, tokenizer=None, family=family_for(model.config), source="memory")
+
+
+@pytest.fixture(params=list(TINY))
+def family_name(request):
+    return request.param
+
+
+def ids(n=2, t=16, seed=1):
+    return torch.randint(0, VOCAB, (n, t), generator=torch.Generator().manual_seed(seed))
+
+
+def tiny_tokenizer():
+    """A real byte-level BPE tokenizer trained on the built-in text, small enough for tiny models."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+
+    from subclone.data import load_text
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<eos>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet()[:VOCAB - 8])
+    tok.train_from_iterator([load_text("builtin")[:20000]], trainer)
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A local Hugging Face directory holding a tiny Llama parent (safetensors + tokenizer)."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model("llama").save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path
