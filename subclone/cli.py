@@ -59,7 +59,7 @@ def parser() -> argparse.ArgumentParser:
 
 def _analysis_summary(parent, imp) -> dict:
     order = imp.magnitude.argsort().tolist()
-    return dict(parent=parent.name, family=parent.family.name, shape=parent.shape.to_dict(), **imp.meta,
+    return dict(imp.meta, parent=parent.name, family=parent.family.name, shape=parent.shape.to_dict(),
                 blocks_closest_to_identity=order[: max(1, len(order) // 4)],
                 layer_consistency=round(imp.layer_consistency().mean().item(), 3))
 

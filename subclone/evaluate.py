@@ -94,7 +94,5 @@ def held_out(parent, data: str = "builtin", seq_len: int = 256, samples: int = 8
     """Evaluation tokens: the held-out split of `data`, never seen by calibration."""
     from . import data as data_mod
 
-    encoder = parent.family.kind == "encoder"
     _, text = data_mod.split(data_mod.load_text(data))
-    return data_mod.chunk(parent.tokenizer, text, 128 if encoder else seq_len, samples * (2 if encoder else 1),
-                          encoder, "held-out evaluation")
+    return parent.tokenize(text, seq_len, samples, "held-out evaluation")

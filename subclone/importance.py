@@ -140,8 +140,7 @@ def analyze(parent: Parent, data: str = "builtin", seq_len: int = 256, samples: 
     path = home() / "importance" / f"{key}.safetensors"
     if cache and path.exists():
         return Importance.load(path)
-    tokens = data_mod.chunk(parent.tokenizer, calib, seq_len, samples, parent.family.kind == "encoder",
-                            "calibration")
+    tokens = parent.tokenize(calib, seq_len, samples, "calibration")
 
     t = time.perf_counter()
     imp = measure(parent, tokens, progress=progress)

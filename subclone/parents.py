@@ -49,6 +49,18 @@ class Parent:
     def shape(self) -> Shape:
         return self.family.read_shape(self.config)
 
+    def tokenize(self, text: str, seq_len: int, n: int, what: str):
+        """Token chunks of text for this parent, checked against its vocabulary."""
+        from .data import chunk
+
+        encoder = self.family.kind == "encoder"
+        tokens = chunk(self.tokenizer, text, min(seq_len, 128) if encoder else seq_len, n, encoder, what)
+        vocab = self.model.get_input_embeddings().num_embeddings
+        if tokens.ids.max() >= vocab:
+            raise SubcloneError(f"the tokenizer of '{self.name}' gives token ids up to {int(tokens.ids.max())} but the "
+                                f"model's vocabulary has {vocab}: the directory's tokenizer does not match its model")
+        return tokens
+
     @property
     def fingerprint(self) -> str:
         """Identifies these weights for caches: the source and its config."""

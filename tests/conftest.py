@@ -10,9 +10,10 @@ from subclone.arch import family_for
 from subclone.parents import Parent
 
 transformers.utils.logging.set_verbosity_error()
+transformers.utils.logging.disable_progress_bar()
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-VOCAB = 96
+VOCAB = 300
 TINY = {
     # Llama with grouped-query attention (3 KV groups of 2 query heads) and tied embeddings, like SmolLM2
     "llama": transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=48, intermediate_size=40, num_hidden_layers=4,
@@ -66,7 +67,7 @@ def tiny_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<eos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet()[:VOCAB - 8])
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator([load_text("builtin")[:20000]], trainer)
     return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
 

@@ -1,0 +1,75 @@
+"""The CLI contract, end to end: clone writes a plain model directory, eval prints the promised JSON."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModel, AutoModelForCausalLM
+
+LM_FIELDS = {"perplexity", "parent_perplexity", "top1_agreement", "kl_to_parent", "params", "parent_params",
+             "ms_per_token"}
+
+
+def cli(*argv, env=None):
+    r = subprocess.run([sys.executable, "-m", "subclone", *argv], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout)
+
+
+def test_clone_then_eval_on_a_local_parent(tmp_path, tiny_dir):
+    out = tmp_path / "child"
+    made = cli("clone", "--parent", str(tiny_dir), "--layers", "3", "--hidden", "24", "--ffn", "20", "--heads", "4",
+               "--block-rule", "middle", "--out", str(out))
+    assert made["shape"] == dict(layers=3, hidden=24, ffn=20, heads=4, kv_heads=2, head_dim=8)
+    child = AutoModelForCausalLM.from_pretrained(out)  # plain transformers, no subclone needed
+    assert child.num_parameters() == made["params"] < made["parent_params"]
+    record = json.loads((out / "subclone.json").read_text())
+    assert record["parent"] == str(tiny_dir) and record["layers"] == made["layers"] and len(record["layers"]) == 3
+    assert record["block_rule"] == "middle" and record["scale"]["residual"] is True
+    result = cli("eval", "--model", str(out), "--json")
+    assert LM_FIELDS <= set(result) and result["params"] == made["params"]
+    assert result["perplexity"] > 0 and 0 <= result["top1_agreement"] <= 1 and result["kl_to_parent"] >= 0
+
+
+def test_full_shape_clone_evaluates_as_the_parent(tmp_path, tiny_dir):
+    out = tmp_path / "same"
+    cli("clone", "--parent", str(tiny_dir), "--out", str(out))
+    result = cli("eval", "--model", str(out), "--no-speed")
+    assert result["perplexity"] == pytest.approx(result["parent_perplexity"], rel=1e-4)
+    assert result["top1_agreement"] == 1.0 and result["kl_to_parent"] == pytest.approx(0, abs=1e-5)
+
+
+def test_analyze_writes_a_record(tmp_path, tiny_dir):
+    from subclone import Importance
+
+    summary = cli("analyze", "--parent", str(tiny_dir), "--out", str(tmp_path))
+    imp = Importance.load(tmp_path / "importance.safetensors")
+    assert imp.residual.shape == (4, 48) and imp.heads.shape == (4, 6) and imp.ffn.shape == (4, 40)
+    assert summary["tokens"] > 0 and json.loads((tmp_path / "analysis.json").read_text()) == summary
+
+
+@pytest.mark.slow
+def test_bundled_smollm2_child_within_8x_parent_perplexity(tmp_path):
+    """The issue's acceptance check: 24 layers / 504 hidden / 1280 ffn, no training."""
+    out = tmp_path / "smol"
+    cli("clone", "--parent", "smollm2-135m", "--layers", "24", "--hidden", "504", "--ffn", "1280", "--heads", "9",
+        "--kv-heads", "3", "--out", str(out))
+    child = AutoModelForCausalLM.from_pretrained(out)
+    assert child.config.num_hidden_layers == 24 and child.config.hidden_size == 504
+    result = cli("eval", "--model", str(out), "--json")
+    print(result)
+    assert result["perplexity"] <= 8 * result["parent_perplexity"]
+    assert result["params"] < 0.7 * result["parent_params"]
+
+
+@pytest.mark.slow
+def test_bundled_minilm_child(tmp_path):
+    out = tmp_path / "mini"
+    cli("clone", "--parent", "minilm-l6", "--layers", "4", "--heads", "8", "--out", str(out))
+    assert AutoModel.from_pretrained(out).config.hidden_size == 256
+    result = cli("eval", "--model", str(out), "--json", "--no-speed")
+    assert 0.3 < result["cosine_to_parent"] < 1 and result["params"] < result["parent_params"]
+    full = tmp_path / "full"
+    cli("clone", "--parent", "minilm-l6", "--out", str(full))
+    assert cli("eval", "--model", str(full), "--no-speed")["cosine_to_parent"] == pytest.approx(1, abs=1e-4)
