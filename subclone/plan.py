@@ -259,3 +259,36 @@ def make_plan(parent, importance: Importance, shape: Shape, block_rule: str = "m
     return Plan(parent=parent.name, family=family.name, shape=shape, layers=layers, residual=residual, ffn=ffn,
                 heads=list(heads), kv_heads=list(kv), block_rule=block_rule, neuron_rule=neuron_rule,
                 scale=scale_choice(scale), seed=seed, params=params, flops_per_token=flops)
+
+
+def snap_shape(family: Family, parent: Shape, layers: int, hidden: int, ffn: int, heads: int,
+               kv_heads: int) -> tuple[Shape, list[str]]:
+    """The nearest valid shape to what the sliders say, and a note for every value that moved."""
+    notes = []
+
+    def take(name, value, valid, why):
+        got = snap(int(value), valid)
+        if got != int(value):
+            notes.append(f"{name} {int(value)} → {got}: {why}")
+        return got
+
+    pairs = head_pairs(parent)
+    group = parent.heads // parent.kv_heads
+    heads = take("heads", heads, sorted({h for h, _ in pairs}), f"whole KV groups of at most {group} query heads")
+    kv_heads = take("kv heads", kv_heads, [kv for h, kv in pairs if h == heads], f"must divide heads ({heads})")
+    why = (f"hidden = heads × {parent.head_dim} in {family.name}" if family.head_dim_from_hidden
+           else f"a multiple of heads ({heads})")
+    hidden = take("hidden", hidden, valid_values(family, parent, heads)["hidden"], why)
+    shape = resolve_shape(family, parent, layers=int(layers), hidden=hidden, ffn=int(ffn), heads=heads,
+                          kv_heads=kv_heads)
+    return shape, notes
+
+
+def describe(parent, shape: Shape) -> dict:
+    """Size of a child of this shape next to its parent, without building it."""
+    tied = is_tied(parent.model)
+    params, flops = count(parent.model, parent.family, shape, tied)
+    pparams, pflops = count(parent.model, parent.family, parent.shape, tied)
+    return dict(params=params, parent_params=pparams, percent_of_parent=round(100 * params / pparams, 1),
+                flops_per_token=flops, parent_flops_per_token=pflops,
+                expected_speedup=round(pflops / flops, 2))
