@@ -132,13 +132,14 @@ with gr.Blocks(title="subclone") as demo:
         scale = gr.Checkbox(True, label="scale weights by √(d/d′)")
         build_btn = gr.Button("Build & evaluate", variant="primary")
     readout = gr.Markdown()
-    results = gr.Dataframe(label="parent vs child", interactive=False)
+    results = gr.Dataframe(headers=["metric", "parent", "child"], label="parent vs child", interactive=False)
 
     sliders = [layers, hidden, ffn, heads, kv_heads]
     analyze_btn.click(on_analyze, [parent, data], [card, *sliders], api_name="analyze").then(
-        on_preview, [parent, data, *sliders, block_rule], readout)
+        on_preview, [parent, data, *sliders, block_rule], readout, api_name=False)
     gr.on([w.change for w in (*sliders, block_rule)], on_preview, [parent, data, *sliders, block_rule], readout,
           api_name="preview", show_progress="hidden")
+    demo.load(on_preview, [parent, data, *sliders, block_rule], readout, api_name=False)
     build_btn.click(on_build, [parent, data, *sliders, block_rule, neuron_rule, scale], results, api_name="build")
 
 if __name__ == "__main__":
