@@ -37,7 +37,7 @@ def _indices(axis, plan: Plan, j: int | None, parent_heads: int, head_dim: int) 
     return None
 
 
-def _scale_group(family, key: str, layer, axes) -> str | None:
+def _scale_group(family, key: str, axes) -> str | None:
     if key in family.embeddings or key == family.lm_head:
         return "embed"
     if len(axes) != 2:
@@ -67,7 +67,7 @@ def slice_state(parent: Parent, plan: Plan) -> dict[str, torch.Tensor]:
             idx = _indices(axis, plan, j, pshape.heads, pshape.head_dim)
             if idx is not None:
                 t = t.index_select(dim, idx)
-        group = _scale_group(family, key, layer, axes)
+        group = _scale_group(family, key, axes)
         if group and plan.scale.get(group) and ratio[group] != 1:
             t = t * math.sqrt(ratio[group])
         out[name] = t.contiguous()

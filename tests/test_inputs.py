@@ -95,6 +95,21 @@ def test_parents_load_safetensors_only(tmp_path, tiny_dir):
         load_parent(str(tmp_path))
 
 
+def test_tokenizer_that_does_not_match_the_model(tmp_path, tiny_dir):
+    import shutil
+
+    from subclone import analyze
+
+    from .conftest import TINY
+
+    small = transformers.LlamaConfig(**{**TINY["llama"].to_dict(), "vocab_size": 50})
+    transformers.LlamaForCausalLM(small).save_pretrained(tmp_path)
+    for f in tiny_dir.glob("tokenizer*"):
+        shutil.copy(f, tmp_path)
+    with pytest.raises(SubcloneError, match="tokenizer .* does not match its model"):
+        analyze(load_parent(str(tmp_path)), cache=False)
+
+
 def test_unknown_parent():
     with pytest.raises(SubcloneError, match="unknown parent 'no-such-model'.*smollm2-135m"):
         load_parent("no-such-model")
