@@ -128,6 +128,18 @@ def _check(name: str, value: int, valid: list[int], why: str) -> None:
         raise SubcloneError(f"{name} {value} is not possible: {why}; nearest valid: {near}")
 
 
+def _why(family: Family, parent: Shape, heads: int) -> dict[str, str]:
+    """Why a size may be refused or snapped: one wording for CLI errors and app notes."""
+    group = parent.heads // parent.kv_heads
+    return dict(
+        heads=f"query heads come in whole KV groups of at most {group} (parent: {parent.heads} heads, "
+              f"{parent.kv_heads} kv heads)",
+        kv_heads=f"kv_heads must divide heads {heads} with at most {group} query heads each, "
+                 f"and be at most {parent.kv_heads}",
+        hidden=f"hidden must equal heads x {parent.head_dim} in {family.name}" if family.head_dim_from_hidden
+        else f"hidden must be a multiple of heads ({heads}) and at most {parent.hidden}")
+
+
 def resolve_shape(family: Family, parent: Shape, layers=None, hidden=None, ffn=None, heads=None,
                   kv_heads=None) -> Shape:
     """The child's shape from the sizes given (None keeps the parent's), or a clear error."""
@@ -139,20 +151,14 @@ def resolve_shape(family: Family, parent: Shape, layers=None, hidden=None, ffn=N
     layers = parent.layers if layers is None else layers
     heads = parent.heads if heads is None else heads
     pairs = head_pairs(parent)
-    _check("heads", heads, sorted({h for h, _ in pairs}),
-           f"query heads come in whole KV groups of at most {parent.heads // parent.kv_heads} "
-           f"(parent: {parent.heads} heads, {parent.kv_heads} kv heads)")
+    _check("heads", heads, sorted({h for h, _ in pairs}), _why(family, parent, heads)["heads"])
     if kv_heads is None:
         kv_heads = max(kv for h, kv in pairs if h == heads)
-    _check("kv_heads", kv_heads, [kv for h, kv in pairs if h == heads],
-           f"kv_heads must divide heads {heads} with at most {parent.heads // parent.kv_heads} query heads each, "
-           f"and be at most {parent.kv_heads}")
+    _check("kv_heads", kv_heads, [kv for h, kv in pairs if h == heads], _why(family, parent, heads)["kv_heads"])
     hidden = parent.hidden if hidden is None else hidden
     v = valid_values(family, parent, heads)
     _check("layers", layers, v["layers"], f"the parent has {parent.layers} blocks; keep 1 to {parent.layers}")
-    _check("hidden", hidden, v["hidden"],
-           f"hidden must equal heads x {parent.head_dim} in {family.name}" if family.head_dim_from_hidden
-           else f"hidden must be a multiple of heads ({heads}) and at most {parent.hidden}")
+    _check("hidden", hidden, v["hidden"], _why(family, parent, heads)["hidden"])
     _check("ffn", ffn if ffn is not None else parent.ffn, v["ffn"], f"ffn must be 1 to {parent.ffn}")
     return Shape(layers=layers, hidden=hidden, ffn=parent.ffn if ffn is None else ffn, heads=heads,
                  kv_heads=kv_heads, head_dim=parent.head_dim)
@@ -273,12 +279,9 @@ def snap_shape(family: Family, parent: Shape, layers: int, hidden: int, ffn: int
         return got
 
     pairs = head_pairs(parent)
-    group = parent.heads // parent.kv_heads
-    heads = take("heads", heads, sorted({h for h, _ in pairs}), f"whole KV groups of at most {group} query heads")
-    kv_heads = take("kv heads", kv_heads, [kv for h, kv in pairs if h == heads], f"must divide heads ({heads})")
-    why = (f"hidden = heads × {parent.head_dim} in {family.name}" if family.head_dim_from_hidden
-           else f"a multiple of heads ({heads})")
-    hidden = take("hidden", hidden, valid_values(family, parent, heads)["hidden"], why)
+    heads = take("heads", heads, sorted({h for h, _ in pairs}), _why(family, parent, int(heads))["heads"])
+    kv_heads = take("kv heads", kv_heads, [kv for h, kv in pairs if h == heads], _why(family, parent, heads)["kv_heads"])
+    hidden = take("hidden", hidden, valid_values(family, parent, heads)["hidden"], _why(family, parent, heads)["hidden"])
     shape = resolve_shape(family, parent, layers=int(layers), hidden=hidden, ffn=int(ffn), heads=heads,
                           kv_heads=kv_heads)
     return shape, notes

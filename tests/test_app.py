@@ -43,7 +43,7 @@ def test_analyze_preview_build_through_the_api(app_url, tiny_dir):
     assert "llama" in card and "4 layers" in card
     readout = c.predict(**parent, layers=3, hidden=25, ffn=20, heads=4, kv_heads=2, block_rule="magnitude",
                         api_name="/preview")
-    assert "hidden 25 → 24" in readout and "3 layers" in readout and readout.count("■") == 3
+    assert "hidden 25 → 24: hidden must be a multiple of heads (4)" in readout and "3 layers" in readout and readout.count("■") == 3
     table = c.predict(**parent, layers=3, hidden=24, ffn=20, heads=4, kv_heads=2, block_rule="middle",
                       neuron_rule="importance", scale=True, api_name="/build")
     rows = {r[0]: r[1:] for r in table["data"]}

@@ -27,6 +27,11 @@ def test_clone_then_eval_on_a_local_parent(tmp_path, tiny_dir):
     record = json.loads((out / "subclone.json").read_text())
     assert record["parent"] == str(tiny_dir) and record["layers"] == made["layers"] and len(record["layers"]) == 3
     assert record["block_rule"] == "middle" and record["scale"]["residual"] is True
+    from subclone import Plan, build, load_parent  # subclone.json is a plan: it rebuilds the same child
+
+    rebuilt = build(load_parent(str(tiny_dir)), Plan.from_dict(record))
+    x = torch.randint(0, 300, (1, 12))
+    assert torch.equal(rebuilt(x).logits, child.eval()(x).logits)
     result = cli("eval", "--model", str(out), "--json")
     assert LM_FIELDS <= set(result) and result["params"] == made["params"]
     assert result["perplexity"] > 0 and 0 <= result["top1_agreement"] <= 1 and result["kl_to_parent"] >= 0

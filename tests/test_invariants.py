@@ -28,7 +28,7 @@ def run(model, x=None):
 
 def test_full_shape_child_reproduces_parent(setup):
     parent, imp = setup
-    for rule in ("importance", "random"):  # whatever the order of selection, all kept = the parent
+    for rule in ("importance", "random"):  # every rule keeps everything at full shape
         child = build(parent, make_plan(parent, imp, parent.shape, neuron_rule=rule))
         assert (run(child) - run(parent.model)).abs().max() <= 1e-4
 
