@@ -6,7 +6,7 @@ Child: 24 layers, hidden 504, ffn 1280 (the engine issue's acceptance shape), pl
 variant for the attention-scaling choice. Held-out perplexity on the built-in text's last 20 %.
 """
 from subclone import analyze, build, load_parent, make_plan, resolve_shape
-from subclone.evaluate import compare_lm, held_out
+from subclone.evaluate import compare_lm, held_out, reference
 from subclone.plan import DEFAULT_SCALE
 
 NONE = dict.fromkeys(DEFAULT_SCALE, False)
@@ -28,12 +28,13 @@ def main():
     parent = load_parent("smollm2-135m")
     imp = analyze(parent)
     tokens = held_out(parent)
+    ref = reference(parent.model, tokens, parent.family.kind, speed=False)
     print(f"calibration tokens {imp.meta['tokens']}, held-out tokens {tokens.count}\n")
     print("| child | params | perplexity | × parent | top-1 agreement | KL |\n|---|---|---|---|---|---|")
     for label, sizes, block_rule, neuron_rule, scale in CASES:
         shape = resolve_shape(parent.family, parent.shape, layers=24, hidden=504, ffn=1280, **sizes)
         plan = make_plan(parent, imp, shape, block_rule=block_rule, neuron_rule=neuron_rule, scale=scale)
-        r = compare_lm(build(parent, plan), parent.model, tokens)
+        r = compare_lm(build(parent, plan), ref)
         print(f"| {label} | {plan.params / 1e6:.1f} M | {r['perplexity']:.1f} | "
               f"{r['perplexity'] / r['parent_perplexity']:.1f} | {r['top1_agreement']:.3f} | {r['kl_to_parent']:.2f} |",
               flush=True)

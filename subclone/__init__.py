@@ -5,13 +5,15 @@
     shape = resolve_shape(parent.family, parent.shape, layers=24, hidden=504, ffn=1280)
     plan = make_plan(parent, imp, shape)           # plan.py
     child = build(parent, plan)                    # clone.py
-    print(evaluate_child(child, parent))           # evaluate.py
+    ref = reference(parent.model, held_out(parent), parent.family.kind)
+    print(evaluate(child, ref, plan.residual))   # evaluate.py
 """
 from .errors import SubcloneError
 from .parents import load_parent
 from .importance import Importance, analyze
 from .plan import Plan, make_plan, resolve_shape, valid_values
 from .clone import build
+from .evaluate import evaluate, held_out, reference
 
 __all__ = ["SubcloneError", "load_parent", "Importance", "analyze", "Plan", "make_plan", "resolve_shape",
-           "valid_values", "build"]
+           "valid_values", "build", "evaluate", "held_out", "reference"]

@@ -108,7 +108,7 @@ def cmd_eval(args) -> dict:
     from transformers import AutoConfig
 
     from .arch import family_for
-    from .evaluate import evaluate, held_out
+    from .evaluate import evaluate, held_out, reference
     from .export import read_plan
     from .parents import auto_class, load_parent
 
@@ -124,8 +124,8 @@ def cmd_eval(args) -> dict:
     parent = load_parent(parent_name)
     if parent.family.kind != family.kind:
         raise SubcloneError(f"the child is a {family.name} model but parent '{parent_name}' is {parent.family.name}")
-    result = evaluate(child, parent.model, held_out(parent, args.data), family.kind,
-                      residual=record.get("residual"), speed=not args.no_speed)
+    ref = reference(parent.model, held_out(parent, args.data), family.kind, speed=not args.no_speed)
+    result = evaluate(child, ref, residual=record.get("residual"), speed=not args.no_speed)
     return dict(model=str(model_dir), parent=parent.name, **result)
 
 

@@ -37,3 +37,66 @@ def save(child, tokenizer, plan, out, extra: dict | None = None) -> Path:
 def read_plan(model_dir) -> dict | None:
     f = Path(model_dir) / PLAN_FILE
     return json.loads(f.read_text()) if f.exists() else None
+
+
+def model_card(plan, metrics: dict | None, parent_source: str, data: str, hub_id: str | None = None) -> str:
+    """README.md for the exported child: how it was made, from which parent, with which rules, how good."""
+    s = plan.shape
+    front = ["---", "library_name: transformers", "tags: [subclone, weight-subcloning, pruning]"]
+    if hub_id:
+        front.append(f"base_model: {hub_id}")
+    front.append("---")
+    scale = ", ".join(g for g, on in plan.scale.items() if on) or "none"
+    lines = [*front, "", f"# {plan.family} child of {plan.parent}", "",
+             f"Made with subclone by weight subcloning (Samragh et al., 2023, arXiv 2312.09299) "
+             f"from `{parent_source}`, with no training. It is an initialization: train it before serious use.", "",
+             "| | |", "|---|---|",
+             f"| layers | {s.layers} (parent blocks kept: {', '.join(map(str, plan.layers))}) |",
+             f"| hidden | {s.hidden} |", f"| ffn | {s.ffn} |",
+             f"| heads / kv heads | {s.heads} / {s.kv_heads} (head dim {s.head_dim}) |",
+             f"| parameters | {plan.params:,} |", f"| FLOPs / token | {plan.flops_per_token:,} |",
+             f"| block rule | {plan.block_rule} |", f"| neuron rule | {plan.neuron_rule} |",
+             f"| weight scaling √(d/d′) | {scale} |", f"| calibration text | {data} |", ""]
+    if metrics:
+        lines += ["## Evaluation (held-out split of the calibration text, no training)", "", "| metric | value |",
+                  "|---|---|", *[f"| {k} | {v} |" for k, v in metrics.items()], ""]
+    lines += ["## Use", "", "```python", "from transformers import AutoModel, AutoTokenizer",
+              "model = AutoModel.from_pretrained(\"path/to/this/folder\")", "```", "",
+              "`subclone.json` in this folder records every kept block, dimension, neuron and head.", ""]
+    return "\n".join(lines)
+
+
+def write(child, tokenizer, plan, out, card: str, extra: dict | None = None) -> Path:
+    """save() plus the model card."""
+    path = save(child, tokenizer, plan, out, extra)
+    (path / "README.md").write_text(card)
+    return path
+
+
+def zip_dir(path: Path) -> Path:
+    """path.zip next to path, stored uncompressed: float weights barely compress and deflate is slow."""
+    import zipfile
+
+    archive = path.with_suffix(".zip")
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as z:
+        for f in sorted(path.rglob("*")):
+            if f.is_file():
+                z.write(f, f.relative_to(path))
+    return archive
+
+
+def push(path: Path, repo: str, token: str) -> str:
+    """Upload an exported folder to the Hugging Face Hub; needs a network and a write token."""
+    from huggingface_hub import HfApi
+
+    if not repo or "/" not in repo:
+        raise SubcloneError(f"hub repository '{repo}' must look like user/name")
+    if not token:
+        raise SubcloneError("pushing to the Hub needs a write token (huggingface.co/settings/tokens)")
+    try:
+        api = HfApi(token=token)
+        api.create_repo(repo, exist_ok=True)
+        return str(api.upload_folder(folder_path=str(path), repo_id=repo).commit_url)
+    except Exception as e:  # network and auth errors come in many types; all mean "not pushed"
+        raise SubcloneError(f"could not push to the Hub repository '{repo}' ({type(e).__name__}: {str(e)[:200]}); "
+                            "offline? download the zip instead") from None

@@ -131,15 +131,23 @@ def measure(parent: Parent, tokens: data_mod.Tokens, batch_size: int = 4,
     return Importance(**{k: v / count for k, v in acc.items()})
 
 
+def cache_path(parent: Parent, calibration_text: str, seq_len: int = 256, samples: int = 16):
+    """Where the record for this parent, text and settings is cached."""
+    key = f"{parent.fingerprint}-{data_mod.digest(calibration_text)}-{seq_len}x{samples}"
+    return home() / "importance" / f"{key}.safetensors"
+
+
 def analyze(parent: Parent, data: str = "builtin", seq_len: int = 256, samples: int = 16,
-            cache: bool = True, progress: Progress | None = None) -> Importance:
-    """Importance of a parent on the calibration split of `data`, from the disk cache when it has it."""
-    text = data_mod.load_text(data)
-    calib, _ = data_mod.split(text)
-    key = f"{parent.fingerprint}-{data_mod.digest(calib)}-{seq_len}x{samples}"
-    path = home() / "importance" / f"{key}.safetensors"
+            cache: bool = True, progress: Progress | None = None, cached_only: bool = False) -> Importance | None:
+    """Importance of a parent on the calibration split of `data`, from the disk cache when it has it.
+
+    With cached_only, a cache miss returns None instead of measuring."""
+    calib, _ = data_mod.split(data_mod.load_text(data))
+    path = cache_path(parent, calib, seq_len, samples)
     if cache and path.exists():
         return Importance.load(path)
+    if cached_only:
+        return None
     tokens = parent.tokenize(calib, seq_len, samples, "calibration")
 
     t = time.perf_counter()
@@ -150,3 +158,31 @@ def analyze(parent: Parent, data: str = "builtin", seq_len: int = 256, samples: 
         path.parent.mkdir(parents=True, exist_ok=True)
         imp.save(path)
     return imp
+
+
+@torch.no_grad()
+def drop_one(parent: Parent, tokens: data_mod.Tokens, progress: Progress | None = None) -> torch.Tensor:
+    """What removing each block alone costs: Δ held-out loss for causal LMs, and for encoders
+    1 − cos between the pooled embeddings with and without the block. Slow: one pass per block."""
+    model, kind = parent.model, parent.family.kind
+    blocks = model.get_submodule(parent.family.layers)
+
+    def skip(_, args, kwargs, output):  # the block's output becomes its input: y = x
+        x = _first(args, kwargs)
+        return (x, *output[1:]) if isinstance(output, tuple) else x
+
+    def run():
+        if kind == "causal-lm":
+            losses = [model(input_ids=b, labels=b).loss for b in tokens.batches(4)]
+            return torch.stack(losses).mean()
+        return torch.cat([model(input_ids=b).last_hidden_state.mean(1) for b in tokens.batches(8)])
+
+    base, out = run(), []
+    for i, block in enumerate(blocks):
+        if progress:
+            progress(i / len(blocks), f"dropping block {i + 1}/{len(blocks)}")
+        with _hooks([(block, None, skip)]):
+            got = run()
+        out.append(got - base if kind == "causal-lm"
+                   else 1 - torch.nn.functional.cosine_similarity(got, base, dim=-1).mean())
+    return torch.stack(out).float()

@@ -60,6 +60,13 @@ class Parent:
         return tokens
 
     @property
+    def hub_id(self) -> str | None:
+        """Where these weights live on the Hub, when they do (the model card's base_model)."""
+        if self.name in BUILTIN:
+            return BUILTIN[self.name][2]
+        return None if Path(self.source).exists() else self.source
+
+    @property
     def fingerprint(self) -> str:
         """Identifies these weights for caches: the source and its config."""
         blob = json.dumps([self.source, self.config.to_dict()], sort_keys=True, default=str)

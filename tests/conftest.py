@@ -79,3 +79,34 @@ def tiny_dir(tmp_path_factory):
     tiny_model("llama").save_pretrained(path)
     tiny_tokenizer().save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def app_url():
+    """The app, launched as `make run` does, on a free port; shared by the API and browser tests."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = Path(__file__).resolve().parent.parent
+    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"subclone-app-{port}.log", "w")
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=root, env={**os.environ, "PORT": str(port)},
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(180):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None, f"the app exited during start-up; see {log.name}"
+                time.sleep(1)
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()

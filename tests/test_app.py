@@ -1,52 +1,74 @@
 """The app, driven as a user's script would: launched on a free port, called through gradio_client."""
-import os
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
+import zipfile
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 @pytest.fixture(scope="module")
-def app_url():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env={**os.environ, "PORT": str(port)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        for _ in range(120):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None, "the app exited during start-up"
-                time.sleep(1)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+def client(app_url):
+    from gradio_client import Client
+
+    return Client(app_url, verbose=False)
+
+
+SCALE = ["residual", "embed"]
 
 
 @pytest.mark.slow
-def test_analyze_preview_build_through_the_api(app_url, tiny_dir):
-    from gradio_client import Client
-
-    c = Client(app_url, verbose=False)
+def test_snapping_rules_and_errors_on_a_local_parent(client, tiny_dir):
     parent = dict(parent=str(tiny_dir), data="builtin")
-    card, *sliders = c.predict(**parent, api_name="/analyze")
-    assert "llama" in card and "4 layers" in card
-    readout = c.predict(**parent, layers=3, hidden=25, ffn=20, heads=4, kv_heads=2, block_rule="magnitude",
-                        api_name="/preview")
-    assert "hidden 25 → 24: hidden must be a multiple of heads (4)" in readout and "3 layers" in readout and readout.count("■") == 3
-    table = c.predict(**parent, layers=3, hidden=24, ffn=20, heads=4, kv_heads=2, block_rule="middle",
-                      neuron_rule="importance", scale=True, api_name="/build")
+    card, *sliders = client.predict(**parent, api_name="/analyze")
+    assert "llama" in card and "| 4 | 48 | 6 / 3 |" in card
+    readout, strip = client.predict(**parent, layers=3, hidden=25, ffn=20, heads=4, kv_heads=2,
+                                    block_rule="magnitude", api_name="/preview")
+    assert "hidden 25 → 24: hidden must be a multiple of heads (4)" in readout and "3 layers" in readout
+    assert "3 of 4 blocks kept" in strip
+    table, history = client.predict(**parent, layers=3, hidden=24, ffn=20, heads=4, kv_heads=2, block_rule="middle",
+                                    neuron_rule="importance", scale=SCALE, api_name="/build")
     rows = {r[0]: r[1:] for r in table["data"]}
     assert rows["perplexity"][1] > 0 and rows["params"][1] < rows["params"][0]
+    assert history["data"][-1][history["headers"].index("block_rule")] == "middle"
     with pytest.raises(Exception, match="unknown parent 'nope'"):
-        c.predict(parent="nope", data="builtin", api_name="/analyze")
+        client.predict(parent="nope", data="builtin", api_name="/analyze")
+    with pytest.raises(Exception, match="depths must be a comma-separated list"):
+        client.predict(**parent, depths="three", widths="100", heads=6, kv_heads=3, block_rule="magnitude",
+                       neuron_rule="importance", scale=SCALE, api_name="/sweep")
+
+
+@pytest.mark.slow
+def test_bundled_parent_end_to_end(client, tmp_path):
+    """Analyze SmolLM2, preview, build and evaluate, generate, sweep, export a zip that from_pretrained loads."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    parent = dict(parent="smollm2-135m", data="builtin")
+    card, layers, *_ = client.predict(**parent, api_name="/analyze")
+    assert "| 30 | 576 | 9 / 3 |" in card
+    shape = dict(layers=20, hidden=430, ffn=1024, heads=9, kv_heads=3, block_rule="magnitude")
+    readout, strip = client.predict(**parent, **shape, api_name="/preview")
+    assert "hidden 430 → 432" in readout and "20 of 30 blocks kept" in strip
+    shape.update(hidden=432, neuron_rule="importance", scale=SCALE)
+    table, _ = client.predict(**parent, **shape, api_name="/build")
+    rows = {r[0]: r[1:] for r in table["data"]}
+    assert rows["perplexity"][0] < rows["perplexity"][1] < 1000  # worse than the parent, far better than random
+    assert 0.4 < rows["params"][1] / rows["params"][0] < 0.5 and rows["speedup"][1] > 1
+    parent_text, child_text = client.predict(parent="smollm2-135m", prompt="The Python interpreter", api_name="/outputs")
+    assert parent_text.startswith("##### parent") and child_text.startswith("##### child") and parent_text != child_text
+
+    figure, frame, csv = client.predict(**parent, depths="30, 20", widths="100, 75", heads=9, kv_heads=3,
+                                        block_rule="magnitude", neuron_rule="importance", scale=SCALE,
+                                        api_name="/sweep")
+    sweep = [dict(zip(frame["headers"], r)) for r in frame["data"]]
+    assert len(sweep) == 4 and open(csv).read().startswith("layers,hidden,ffn")
+    full = next(r for r in sweep if r["layers"] == 30 and r["hidden"] == 576)
+    assert full["pareto"] and full["top1_agreement"] == 1.0  # the full shape is the parent itself
+    assert all(r["perplexity"] > full["perplexity"] for r in sweep if r is not full)
+
+    archive, status, card = client.predict(**parent, **shape, hub_repo="", hub_token="", api_name="/export")
+    assert "Wrote" in status and "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card
+    zipfile.ZipFile(archive).extractall(tmp_path)
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md", "subclone.json"} <= \
+        {p.name for p in tmp_path.iterdir()}
+    child = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
+    assert child.config.num_hidden_layers == 20 and child.config.hidden_size == 432
+    assert child.num_parameters() == rows["params"][1]

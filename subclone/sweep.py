@@ -1,0 +1,82 @@
+"""The size / quality tradeoff: build and evaluate a grid of depth × width children, find the Pareto front.
+
+Width is a fraction of the parent's hidden and FFN sizes (snapped to valid values); heads stay as given.
+Each child costs one build and one forward pass over the held-out tokens against a cached `Reference`.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import pandas as pd
+
+from .arch import Shape
+from .clone import build
+from .errors import SubcloneError
+from .evaluate import Reference, evaluate
+from .plan import describe, make_plan, snap_shape
+
+
+def parse_list(text: str, what: str, cast=float) -> list:
+    """'30, 24, 18' -> [30, 24, 18], with a clear error for anything else."""
+    try:
+        values = [cast(v) for v in str(text).replace(";", ",").split(",") if v.strip()]
+    except ValueError:
+        raise SubcloneError(f"{what} must be a comma-separated list of numbers, got '{text}'") from None
+    if not values:
+        raise SubcloneError(f"{what} is empty: give a comma-separated list like 30, 24, 18")
+    return values
+
+
+def grid(parent, depths: list[int], widths: list[float], heads: int | None = None,
+         kv_heads: int | None = None) -> list[Shape]:
+    """Every depth × width (percent of the parent's hidden / ffn), snapped; duplicates dropped."""
+    s = parent.shape
+    for w in widths:
+        if not 0 < w <= 100:
+            raise SubcloneError(f"width {w:g}% is out of range: give percentages of the parent in (0, 100]")
+    for d in depths:
+        if not 1 <= d <= s.layers or d != int(d):
+            raise SubcloneError(f"depth {d:g} is out of range: the parent has {s.layers} layers")
+    shapes = []
+    for d in depths:
+        for w in widths:
+            shape, _ = snap_shape(parent.family, s, int(d), max(1, round(s.hidden * w / 100)),
+                                  max(1, round(s.ffn * w / 100)), heads or s.heads, kv_heads or s.kv_heads)
+            if shape not in shapes:
+                shapes.append(shape)
+    return shapes
+
+
+def pareto(frame: pd.DataFrame, x: str, y: str, lower_is_better: bool = True) -> pd.Series:
+    """True where no other row is at least as small in x and strictly better in y (or vice versa)."""
+    sign = 1 if lower_is_better else -1
+    front = []
+    for _, row in frame.iterrows():
+        better = (frame[x] <= row[x]) & (sign * frame[y] <= sign * row[y]) & \
+                 ((frame[x] < row[x]) | (sign * frame[y] < sign * row[y]))
+        front.append(not better.any())
+    return pd.Series(front, index=frame.index)
+
+
+def sweep(parent, importance, ref: Reference, shapes: list[Shape], block_rule: str = "magnitude",
+          neuron_rule: str = "importance", scale=None,
+          progress: Callable[[float, str], None] | None = None) -> pd.DataFrame:
+    """One row per shape: its size and its zero-shot quality; `pareto` marks the best tradeoffs."""
+    rows = []
+    for i, shape in enumerate(shapes):
+        if progress:
+            progress(i / len(shapes), f"child {i + 1}/{len(shapes)}: {shape.layers} layers, hidden {shape.hidden}")
+        t = time.perf_counter()
+        plan = make_plan(parent, importance, shape, block_rule=block_rule, neuron_rule=neuron_rule, scale=scale)
+        r = evaluate(build(parent, plan), ref, plan.residual, speed=False)
+        d = describe(parent, shape)
+        rows.append({**shape.to_dict(), **{k: d[k] for k in ("params", "percent_of_parent", "flops_per_token",
+                                                           "expected_speedup")},
+                     **{k: r[k] for k in ("perplexity", "top1_agreement", "kl_to_parent", "cosine_to_parent")
+                        if k in r},
+                     "seconds": round(time.perf_counter() - t, 2)})
+    frame = pd.DataFrame(rows).drop(columns=["head_dim"], errors="ignore")
+    quality = "perplexity" if "perplexity" in frame else "cosine_to_parent"
+    frame["pareto"] = pareto(frame, "params", quality, lower_is_better=quality == "perplexity")
+    return frame

@@ -1,0 +1,122 @@
+"""The library behind the explorer views: drop-one scores, sweeps and their Pareto front, figures, export."""
+import math
+import zipfile
+
+import pandas as pd
+import pytest
+import torch
+
+from subclone import build, evaluate, make_plan, reference, resolve_shape
+from subclone import export, plots
+from subclone.data import Tokens
+from subclone.errors import SubcloneError
+from subclone.importance import drop_one, measure
+from subclone.sweep import grid, pareto, parse_list, sweep
+
+from .conftest import ids, tiny_parent
+
+
+@pytest.fixture(scope="module")
+def llama():
+    parent = tiny_parent("llama")
+    tokens = Tokens(ids(4, 16, seed=3))
+    return parent, measure(parent, Tokens(ids(4, 16, seed=7))), reference(parent.model, tokens, "causal-lm", speed=False)
+
+
+def test_drop_one_is_the_loss_of_the_model_without_that_block(llama):
+    parent, imp, ref = llama
+    scores = drop_one(parent, ref.tokens)
+    assert scores.shape == (4,)
+    base = torch.stack([parent.model(input_ids=b, labels=b).loss for b in ref.tokens.batches(4)]).mean()
+    for i in (0, 2):  # the same number from a child built without block i
+        shape = resolve_shape(parent.family, parent.shape, layers=3)
+        plan = make_plan(parent, imp, shape, block_rule=",".join(str(j) for j in range(4) if j != i), scale=False)
+        child = build(parent, plan)
+        loss = torch.stack([child(input_ids=b, labels=b).loss for b in ref.tokens.batches(4)]).mean()
+        assert scores[i].item() == pytest.approx((loss - base).item(), abs=1e-5)
+
+
+def test_drop_one_for_an_encoder_is_one_minus_cosine():
+    parent = tiny_parent("bert")
+    scores = drop_one(parent, Tokens(ids(4, 16, seed=3)))
+    assert scores.shape == (3,) and ((scores >= 0) & (scores <= 2)).all() and scores.max() > 0
+
+
+def test_grid_snaps_and_deduplicates(llama):
+    parent, _, _ = llama
+    shapes = grid(parent, [4, 2], [100, 50, 49])  # 50 % and 49 % of hidden 48 both snap to 24
+    assert [(s.layers, s.hidden) for s in shapes] == [(4, 48), (4, 24), (2, 48), (2, 24)]
+    assert all(s.hidden % s.heads == 0 for s in shapes)
+    with pytest.raises(SubcloneError, match="width 150% is out of range"):
+        grid(parent, [4], [150])
+    with pytest.raises(SubcloneError, match="depth 9 is out of range: the parent has 4 layers"):
+        grid(parent, [9], [100])
+    with pytest.raises(SubcloneError, match="comma-separated list"):
+        parse_list("4, x", "depths", int)
+
+
+def test_pareto_front():
+    frame = pd.DataFrame(dict(params=[1, 2, 3, 3, 4], perplexity=[50, 20, 30, 10, 10]))
+    assert pareto(frame, "params", "perplexity").tolist() == [True, True, False, True, False]
+    assert pareto(frame, "params", "perplexity", lower_is_better=False).tolist() == [True, False, False, False, False]
+
+
+def test_sweep_rows_match_a_direct_build_and_evaluation(llama):
+    parent, imp, ref = llama
+    frame = sweep(parent, imp, ref, grid(parent, [4, 3], [100, 50]))
+    assert len(frame) == 4 and frame["pareto"].any()
+    full = frame[(frame.layers == 4) & (frame.hidden == 48)].iloc[0]
+    assert full.perplexity == pytest.approx(ref.perplexity) and full.top1_agreement == 1.0 and full.pareto
+    row = frame[(frame.layers == 3) & (frame.hidden == 24)].iloc[0]
+    plan = make_plan(parent, imp, resolve_shape(parent.family, parent.shape, layers=3, hidden=24, ffn=int(row.ffn)))
+    direct = evaluate(build(parent, plan), ref, speed=False)
+    assert row.perplexity == direct["perplexity"] and row.params == direct["params"]
+
+
+def test_figures_grey_out_exactly_what_the_child_drops(llama):
+    parent, imp, _ = llama
+    shape = resolve_shape(parent.family, parent.shape, layers=3, hidden=24, ffn=20, heads=4, kv_heads=2)
+    plan = make_plan(parent, imp, shape)
+
+    def greyed(fig):
+        veil = fig.data[1].z
+        return sum(1 for row in veil for v in row if not (isinstance(v, float) and math.isnan(v)))
+
+    L = 4
+    assert greyed(plots.heads_map(imp, plan)) == L * 6 - 3 * 4
+    assert greyed(plots.ffn_map(imp, plan)) == L * 40 - 3 * 20
+    assert greyed(plots.residual_map(imp, plan)) == L * 48 - 3 * 24
+    ffn_veil = plots.ffn_map(imp, plan).data[1].z  # importance rule: each kept block keeps its leftmost 20
+    kept_row = ffn_veil[plan.layers[0]]
+    assert all(math.isnan(v) for v in kept_row[:20]) and not any(math.isnan(v) for v in kept_row[20:])
+    assert len(plots.residual_map(imp).data) == 1  # no plan, no veil
+    strip = plots.block_strip(L, plan.layers)
+    assert strip.count(": kept'") == 3 and "3 of 4 blocks kept" in strip
+    bars = plots.blocks_chart(imp, torch.ones(L), plan)
+    assert len(bars.data) == 3 and sum(c == "#c8c8c8" for c in bars.data[0].marker.color) == 1
+
+
+def test_export_zip_loads_and_the_card_says_how_it_was_made(llama, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    parent, imp, ref = llama
+    plan = make_plan(parent, imp, resolve_shape(parent.family, parent.shape, layers=3, hidden=24), block_rule="bi")
+    child = build(parent, plan)
+    metrics = evaluate(child, ref, speed=False)
+    card = export.model_card(plan, metrics, "memory", "builtin", hub_id="someone/parent")
+    assert "base_model: someone/parent" in card and "| block rule | bi |" in card
+    assert f"| perplexity | {metrics['perplexity']} |" in card
+    folder = export.write(child, None, plan, tmp_path / "child", card)
+    archive = export.zip_dir(folder)
+    zipfile.ZipFile(archive).extractall(tmp_path / "unzipped")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "unzipped")
+    x = ids()
+    assert torch.equal(loaded(input_ids=x).logits, child(input_ids=x).logits)
+    assert (tmp_path / "unzipped" / "README.md").read_text() == card
+
+
+def test_push_needs_a_repo_and_a_token(tmp_path):
+    with pytest.raises(SubcloneError, match="must look like user/name"):
+        export.push(tmp_path, "noslash", "tok")
+    with pytest.raises(SubcloneError, match="needs a write token"):
+        export.push(tmp_path, "me/child", "")
