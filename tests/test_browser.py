@@ -5,6 +5,7 @@ of every view (to $SUBCLONE_SCREENSHOTS, default a temporary folder). Fails on a
 console error, or any error toast.
 """
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -71,7 +72,7 @@ def test_every_view_in_chromium(app_url, tmp_path):
         page.get_by_label("depths (layers)").fill("30, 24")
         page.get_by_label("widths (% of hidden and ffn)").fill("100, 75")
         page.get_by_role("button", name="Sweep", exact=True).click()
-        page.locator("span", has_text="pareto").first.wait_for(timeout=180_000)
+        page.get_by_text(re.compile(r"sweep-.*\.csv")).first.wait_for(timeout=180_000)  # the CSV comes last
         page.wait_for_timeout(1000)
         shot(VIEWS[4])
 
