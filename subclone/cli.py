@@ -1,7 +1,9 @@
-"""The command line: analyze, clone, eval. One JSON object on stdout; errors are one line and exit 2.
+"""The command line: analyze, clone, train, eval. One JSON object on stdout; errors are one line and exit 2.
 
     python -m subclone analyze --parent smollm2-135m --out runs/analysis
     python -m subclone clone --parent smollm2-135m --layers 24 --hidden 504 --ffn 1280 --out runs/child
+    python -m subclone train --parent smollm2-135m --layers 24 --hidden 504 --ffn 1280 --steps 200 --out runs/healed
+    torchrun --nproc_per_node=8 -m subclone train ...      # the same training, data-parallel
     python -m subclone eval --model runs/child --json
 """
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 import warnings
 
 from .errors import SubcloneError
+from .train import INITS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,6 +50,24 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--data", default="builtin", help=data_help)
     _shape_flags(c)
     c.add_argument("--out", required=True)
+
+    t = sub.add_parser("train", help="train a child (subcloned, uniform or random init) and save it; "
+                                     "runs under torchrun / accelerate launch too")
+    t.add_argument("--parent", default="smollm2-135m")
+    t.add_argument("--data", default="builtin", help=data_help + "; its first 80%% trains, the rest evaluates")
+    _shape_flags(t)
+    t.add_argument("--init", default="subclone", choices=INITS,
+                   help="subclone (the paper), uniform (weight selection), random")
+    t.add_argument("--steps", type=int, default=100)
+    t.add_argument("--lr", type=float, help="default: 1e-4 for subclone / uniform, 1e-3 for random")
+    t.add_argument("--weight-decay", type=float, help="default: 0.01 for subclone / uniform, 0.1 for random")
+    t.add_argument("--batch-size", type=int, default=8, help="sequences per step and process")
+    t.add_argument("--seq-len", type=int, default=128)
+    t.add_argument("--distill", type=float, default=0.0, help="weight of KL(parent || child) on the logits")
+    t.add_argument("--eval-every", type=int, help="default: about ten evaluations per run")
+    t.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
+    t.add_argument("--out", required=True)
+    t.add_argument("--json", action="store_true", help="print one JSON object (the default output too)")
 
     e = sub.add_parser("eval", help="evaluate a saved child against its parent")
     e.add_argument("--model", required=True, help="a directory written by clone")
@@ -129,7 +150,32 @@ def cmd_eval(args) -> dict:
     return dict(model=str(model_dir), parent=parent.name, **result)
 
 
-COMMANDS = {"analyze": cmd_analyze, "clone": cmd_clone, "eval": cmd_eval}
+def cmd_train(args) -> dict | None:
+    from . import analyze, load_parent, resolve_shape
+    from .export import check_writable, save_trained
+    from .train import TrainConfig, init_child, is_main_process, text_tokens, train
+
+    config = TrainConfig(steps=args.steps, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size,
+                         seq_len=args.seq_len, distill=args.distill, eval_every=args.eval_every, seed=args.seed,
+                         mixed_precision=args.mixed_precision)
+    config.check()
+    check_writable(args.out)
+    parent = load_parent(args.parent)
+    shape = resolve_shape(parent.family, parent.shape, layers=args.layers, hidden=args.hidden, ffn=args.ffn,
+                          heads=args.heads, kv_heads=args.kv_heads)
+    imp = analyze(parent, args.data) if args.init != "random" else None
+    child, plan = init_child(parent, imp, shape, args.init, seed=args.seed, block_rule=args.block_rule,
+                             neuron_rule=args.neuron_rule, scale=False if args.no_scale else None)
+    train_tokens, eval_tokens = text_tokens(parent, args.data, args.seq_len)
+    child, result = train(child, train_tokens, eval_tokens, config, init=args.init,
+                          teacher=parent.model if args.distill > 0 else None)
+    if not is_main_process():
+        return None  # rank 0 saves and reports
+    save_trained(child, parent.tokenizer, plan, args.out, dict(parent=parent.name, data=args.data, **result))
+    return dict(out=args.out, parent=parent.name, shape=shape.to_dict(), params=child.num_parameters(), **result)
+
+
+COMMANDS = {"analyze": cmd_analyze, "clone": cmd_clone, "train": cmd_train, "eval": cmd_eval}
 
 
 def main(argv=None) -> int:
@@ -145,5 +191,6 @@ def main(argv=None) -> int:
     except SubcloneError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(result))
+    if result is not None:
+        print(json.dumps(result))
     return 0

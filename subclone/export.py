@@ -34,6 +34,20 @@ def save(child, tokenizer, plan, out, extra: dict | None = None) -> Path:
     return path
 
 
+TRAINING_FILE = "training.json"
+
+
+def save_trained(child, tokenizer, plan, out, record: dict) -> Path:
+    """A trained child: save_pretrained, the plan it started from (none for random init), its training record."""
+    path = save(child, tokenizer, plan, out) if plan is not None else check_writable(out)
+    if plan is None:
+        child.save_pretrained(path)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(path)
+    (path / TRAINING_FILE).write_text(json.dumps(record, indent=1))
+    return path
+
+
 def read_plan(model_dir) -> dict | None:
     f = Path(model_dir) / PLAN_FILE
     return json.loads(f.read_text()) if f.exists() else None

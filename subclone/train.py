@@ -1,0 +1,201 @@
+"""Recovery training: heal a child with a short run, and compare initializations on equal terms.
+
+Next-token loss, optionally plus distillation from the parent (KL(parent || child) on the logits, times a
+weight); AdamW with linear warm-up and cosine decay; gradient clipping; held-out loss every few steps;
+deterministic under a seed. Accelerate runs it: the same code trains on one CPU, or under `torchrun` /
+`accelerate launch` on many GPUs and nodes (DDP; gloo on CPU), with mixed precision where the hardware has it.
+
+Initializations of the same child shape:
+- subclone: the paper (importance-ranked neurons, heads and blocks, weights scaled by √(d/d′));
+- uniform: weight selection (Xu et al., 2023): evenly spaced neurons and heads, the first blocks, no scaling;
+- random: the architecture's own random initialization.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as nnf
+
+from .data import Tokens
+from .errors import SubcloneError
+
+INITS = ("subclone", "uniform", "random")
+# The paper trains subcloned children with a low learning rate and small weight decay; random init wants more.
+DEFAULT_LR = {"subclone": 1e-4, "uniform": 1e-4, "random": 1e-3}
+DEFAULT_WEIGHT_DECAY = {"subclone": 0.01, "uniform": 0.01, "random": 0.1}
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100
+    lr: float | None = None  # None: DEFAULT_LR of the init
+    weight_decay: float | None = None  # None: DEFAULT_WEIGHT_DECAY of the init
+    warmup: float = 0.1  # fraction of steps
+    batch_size: int = 8  # per process
+    seq_len: int = 128
+    distill: float = 0.0  # weight of KL(parent || child); needs the parent as teacher
+    eval_every: int | None = None  # None: about ten evaluations per run
+    eval_batches: int = 4
+    clip: float = 1.0
+    seed: int = 0
+    mixed_precision: str = "no"  # "no", "fp16" or "bf16" (GPUs); fp32 is fastest on CPUs
+
+    def check(self) -> None:
+        if self.steps < 1:
+            raise SubcloneError(f"steps must be at least 1, got {self.steps}")
+        if self.batch_size < 1 or self.seq_len < 2:
+            raise SubcloneError("batch size must be at least 1 and sequence length at least 2")
+        if self.lr is not None and not 0 < self.lr < 1:
+            raise SubcloneError(f"learning rate {self.lr} is out of range (0, 1)")
+        if self.distill < 0:
+            raise SubcloneError(f"distillation weight must be ≥ 0, got {self.distill}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise SubcloneError(f"mixed precision '{self.mixed_precision}' is not one of no, fp16, bf16")
+
+
+def init_child(parent, importance, shape, init: str = "subclone", seed: int = 0, **plan_options):
+    """(model, plan) for one initialization of a child shape; plan is None for random init."""
+    from .clone import build
+    from .parents import auto_class
+    from .plan import make_plan
+
+    if init not in INITS:
+        raise SubcloneError(f"unknown init '{init}'. Available: {', '.join(INITS)}")
+    if parent.family.kind != "causal-lm":
+        raise SubcloneError(f"training needs a causal LM; '{parent.name}' is a {parent.family.kind}")
+    if init == "random":
+        config = parent.family.child_config(parent.config, shape, list(range(shape.layers)))
+        torch.manual_seed(seed)
+        return auto_class(parent.family).from_config(config, dtype=torch.float32), None
+    if init == "uniform":
+        plan_options = dict(block_rule="first", neuron_rule="uniform", scale=False)
+    plan = make_plan(parent, importance, shape, seed=seed, **plan_options)
+    return build(parent, plan), plan
+
+
+def _param_groups(model, weight_decay: float):
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    rest = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]  # norms and biases
+    return [dict(params=decay, weight_decay=weight_decay), dict(params=rest, weight_decay=0.0)]
+
+
+@torch.no_grad()
+def eval_loss(model, tokens: Tokens, batch_size: int, batches: int | None = None, device=None) -> float:
+    """Mean next-token loss on held-out tokens (the same number on every process)."""
+    was = model.training
+    model.eval()
+    losses = [model(input_ids=b.to(device), labels=b.to(device)).loss.float()
+              for b in itertools.islice(tokens.batches(batch_size), batches)]
+    model.train(was)
+    return torch.stack(losses).mean().item()
+
+
+def digest(model) -> str:
+    """A checksum of the weights: equal on every process when data-parallel training kept them in sync."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def train(model, train_tokens: Tokens, eval_tokens: Tokens, config: TrainConfig, init: str = "subclone",
+          teacher=None, on_eval: Callable[[dict], None] | None = None,
+          should_stop: Callable[[], bool] | None = None) -> tuple[torch.nn.Module, dict]:
+    """Train in place; returns (the unwrapped model, a result with the history and a per-process check)."""
+    from accelerate import Accelerator
+    from accelerate.utils import gather_object, set_seed
+    from transformers import get_cosine_schedule_with_warmup
+
+    config.check()
+    if config.distill > 0 and teacher is None:
+        raise SubcloneError("distillation needs the parent as teacher")
+    lr = config.lr if config.lr is not None else DEFAULT_LR[init]
+    wd = config.weight_decay if config.weight_decay is not None else DEFAULT_WEIGHT_DECAY[init]
+    every = config.eval_every or max(1, config.steps // 10)
+
+    acc = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
+    set_seed(config.seed)
+    data = torch.utils.data.TensorDataset(train_tokens.ids)
+    if len(data) < config.batch_size * acc.num_processes:
+        raise SubcloneError(f"the training text has {len(data)} sequences of {train_tokens.ids.shape[1]} tokens, fewer "
+                            f"than one batch ({config.batch_size} × {acc.num_processes} processes); give more text or "
+                            "a smaller batch")
+    loader = torch.utils.data.DataLoader(data, batch_size=config.batch_size, shuffle=True, drop_last=True,
+                                         generator=torch.Generator().manual_seed(config.seed))
+    model.train()
+    optimizer = torch.optim.AdamW(_param_groups(model, wd), lr=lr, betas=(0.9, 0.95))
+    # The schedule counts optimizer steps; it is not handed to accelerate, which would step it once per process.
+    schedule = get_cosine_schedule_with_warmup(optimizer, int(config.warmup * config.steps), config.steps)
+    model, optimizer, loader = acc.prepare(model, optimizer, loader)
+    if teacher is not None:
+        teacher = teacher.to(acc.device).eval()
+
+    def evaluate_now():
+        return eval_loss(acc.unwrap_model(model), eval_tokens, config.batch_size, config.eval_batches, acc.device)
+
+    history = [dict(step=0, train_loss=None, eval_loss=round(evaluate_now(), 4), lr=0.0)]
+    if on_eval:
+        on_eval(history[-1])
+    batches = (b for _ in itertools.count() for (b,) in loader)  # epochs, reshuffled, as long as needed
+    t0, running, seen, step, stopped = time.perf_counter(), [], 0, 0, False
+    for step in range(1, config.steps + 1):
+        batch = next(batches)
+        with acc.autocast():
+            out = model(input_ids=batch, labels=batch)
+            loss = out.loss
+            if config.distill > 0:
+                with torch.no_grad():
+                    target = teacher(input_ids=batch).logits.float().log_softmax(-1)
+                student = out.logits.float().log_softmax(-1)
+                kl = nnf.kl_div(student.flatten(0, 1), target.flatten(0, 1), log_target=True, reduction="batchmean")
+                loss = loss + config.distill * kl
+        acc.backward(loss)
+        acc.clip_grad_norm_(model.parameters(), config.clip)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        running.append(loss.detach())
+        seen += batch.numel()
+        stopped = bool(should_stop and should_stop())
+        if step % every == 0 or step == config.steps or stopped:
+            train_loss = acc.reduce(torch.stack(running).mean(), "mean").item()
+            running = []
+            history.append(dict(step=step, train_loss=round(train_loss, 4), eval_loss=round(evaluate_now(), 4),
+                                lr=schedule.get_last_lr()[0]))
+            if on_eval:
+                on_eval(history[-1])
+        if stopped:
+            break
+
+    acc.wait_for_everyone()
+    model = acc.unwrap_model(model).eval()
+    ranks = gather_object([dict(rank=acc.process_index, steps=step, tokens=seen, digest=digest(model))])
+    final = history[-1]["eval_loss"]
+    result = dict(init=init, steps=step, stopped=stopped, eval_loss=final, eval_perplexity=round(math.exp(final), 3),
+                  history=history, lr=lr, weight_decay=wd, world_size=acc.num_processes,
+                  tokens_per_process=seen, seconds=round(time.perf_counter() - t0, 2),
+                  in_sync=len({r["digest"] for r in ranks}) == 1, ranks=ranks,
+                  config={k: v for k, v in asdict(config).items() if k not in ("lr", "weight_decay")})
+    return model, result
+
+
+def is_main_process() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def text_tokens(parent, data: str, seq_len: int, eval_sequences: int = 32) -> tuple[Tokens, Tokens]:
+    """(training, held-out) token chunks of `data`: the calibration split trains, the held-out split evaluates."""
+    from . import data as data_mod
+
+    train_text, held_text = data_mod.split(data_mod.load_text(data))
+    return (parent.tokenize(train_text, seq_len, 10**9, "training"),
+            parent.tokenize(held_text, seq_len, eval_sequences, "held-out evaluation"))
