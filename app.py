@@ -7,6 +7,7 @@ Run with `make run` (http://127.0.0.1:7860) or as a Hugging Face Space (app_file
 from __future__ import annotations
 
 import os
+import queue
 import tempfile
 import threading
 import time
@@ -23,6 +24,7 @@ from subclone.importance import drop_one
 from subclone.parents import BUILTIN, DEFAULT_PARENT
 from subclone.plan import BLOCK_RULES, DEFAULT_SCALE, NEURON_RULES, SCALE_GROUPS, choose_layers, describe, snap_shape
 from subclone.sweep import grid, parse_list, sweep
+from subclone.train import INITS, TrainConfig, compare_inits
 
 transformers.utils.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
@@ -38,6 +40,7 @@ _references: dict = {}  # (parent, data) -> evaluate.Reference
 _drops: dict = {}  # (parent, data) -> drop-one scores
 _metrics: dict = {}  # (parent, data, plan key) -> evaluation of that child
 _reference_lock = threading.Lock()
+_stops: dict = {}  # browser session -> threading.Event that stops its training
 
 
 def _fail(e: Exception):
@@ -276,6 +279,80 @@ def on_export(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, ne
     return str(archive), status, card
 
 
+# ---- heal (recovery training) -------------------------------------------------------------------
+
+def on_heal(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale, steps, inits, distill,
+            request: gr.Request):
+    """Train the designed child from each chosen init, streaming the loss curves; Stop ends it early."""
+    try:
+        p, imp, shape, _, _ = _plan(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule,
+                                    scale, compute=True)
+        config = TrainConfig(steps=int(steps), distill=float(distill))
+        config.check()
+    except SubcloneError as e:
+        _fail(e)
+    stop = _stops[getattr(request, "session_hash", None)] = threading.Event()
+    records, box = queue.Queue(), {}
+
+    def work():
+        try:
+            box["runs"] = compare_inits(p, imp, shape, list(inits), config, data,
+                                        on_eval=lambda i, r: records.put((i, r)), should_stop=stop.is_set,
+                                        block_rule=block_rule, neuron_rule=neuron_rule, scale=_scale(scale))
+        except SubcloneError as e:
+            box["error"] = e
+        finally:
+            records.put(None)
+
+    threading.Thread(target=work, daemon=True).start()
+    histories = {i: [] for i in inits}
+    yield plots.curves(histories), "preparing the training text…", gr.skip(), gr.skip(), gr.skip()
+    while (item := records.get()) is not None:
+        init, record = item
+        histories[init].append(record)
+        yield (plots.curves(histories), f"training **{init}**: step {record['step']} of {config.steps}, held-out loss "
+               f"{record['eval_loss']}", gr.skip(), gr.skip(), gr.skip())
+    if "error" in box:
+        _fail(box["error"])
+    ref, rows = _reference(parent, data), []
+    for init, (child, plan, result) in box["runs"].items():
+        r = evaluate(child, ref, speed=False)
+        rows.append(dict(init=init, steps=result["steps"], lr=result["lr"], held_out_loss=result["eval_loss"],
+                         perplexity=r["perplexity"], parent_perplexity=r["parent_perplexity"],
+                         top1_agreement=r["top1_agreement"], kl_to_parent=r["kl_to_parent"], seconds=result["seconds"]))
+    best = min(box["runs"], key=lambda i: box["runs"][i][2]["eval_loss"])
+    child, plan, _ = box["runs"][best]
+    done = "stopped early" if any(r[2]["stopped"] for r in box["runs"].values()) else "done"
+    yield (plots.curves(histories), f"{done}. Best: **{best}**; *Generate with both* in Evaluate now uses it.",
+           pd.DataFrame(rows), box["runs"], (parent, child, plan))
+
+
+def on_stop(request: gr.Request):
+    event = _stops.get(getattr(request, "session_hash", None))
+    if event is not None:
+        event.set()
+    return "stopping after the current step…"
+
+
+def on_export_healed(parent, data, init, healed, progress=gr.Progress()):
+    if not healed or init not in healed:
+        _fail(SubcloneError(f"train the '{init}' init first (Start in Heal)"))
+    child, plan, result = healed[init]
+    p = _parent(parent)
+    progress(0.2, desc="evaluating")
+    metrics = evaluate(child, _reference(parent, data), speed=False)
+    card = (export.model_card(plan, metrics, p.source, data, p.hub_id) if plan is not None else
+            f"# {p.family.name} child of {parent}, trained from random initialization\n\n")
+    card += "\n" + export.training_section(result)
+    shape = p.family.read_shape(child.config)
+    name = f"subclone-{Path(parent).name}-{shape.layers}L-{shape.hidden}h-{init}-{result['steps']}steps-{int(time.time())}"
+    progress(0.5, desc="writing the folder and the zip")
+    folder = export.save_trained(child, p.tokenizer, plan, EXPORTS / name, dict(parent=parent, data=data, **result))
+    (folder / "README.md").write_text(card)
+    archive = export.zip_dir(folder)
+    return str(archive), f"Wrote `{archive.name}` ({archive.stat().st_size / 2**20:.0f} MB)."
+
+
 # ---- layout --------------------------------------------------------------------------------------
 
 CSS = ".caption {color: #555; font-size: 0.9em; margin-top: -6px}"
@@ -286,6 +363,7 @@ with gr.Blocks(title="subclone") as demo:
                 "New here? Start with the **Learn** tab.")
     history = gr.State([])
     built = gr.State(None)
+    healed = gr.State(None)
     with gr.Tabs():
         with gr.Tab("1 · Parent & data", id="parent"):
             with gr.Row():
@@ -357,7 +435,28 @@ with gr.Blocks(title="subclone") as demo:
             gr.Markdown(plots.CAPTIONS["pareto"], elem_classes="caption")
             sweep_table = gr.Dataframe(label="sweep", interactive=False)
             sweep_csv = gr.File(label="CSV")
-        with gr.Tab("6 · Export", id="export"):
+        with gr.Tab("6 · Heal", id="heal"):
+            gr.Markdown("Train the child designed in **Design** for a few steps, from each initialization on equal "
+                        "terms (same text, batches, schedule, seed). Defaults follow the paper: lr 1e-4 for inherited "
+                        "weights, 1e-3 for random init. About 5 s per step for a SmolLM2 child on 2 CPU cores; for "
+                        "real runs use the command line under `torchrun` (see the README).")
+            with gr.Row():
+                steps = gr.Number(40, label="steps", precision=0, minimum=1)
+                inits = gr.CheckboxGroup(list(INITS), value=["subclone", "random"], label="initializations")
+                distill = gr.Slider(0, 2, value=0, step=0.1, label="distillation weight (KL to the parent)")
+            with gr.Row():
+                heal_btn = gr.Button("Start", variant="primary")
+                stop_btn = gr.Button("Stop", variant="stop")
+            heal_status = gr.Markdown()
+            fig_curves = gr.Plot(label="loss curves")
+            gr.Markdown(plots.CAPTIONS["curves"], elem_classes="caption")
+            heal_table = gr.Dataframe(label="trained children on held-out text", interactive=False)
+            with gr.Row():
+                healed_init = gr.Dropdown(list(INITS), value="subclone", label="export the child trained from")
+                healed_btn = gr.Button("Export trained child")
+            healed_file = gr.File(label="trained child (zip)")
+            healed_status = gr.Markdown()
+        with gr.Tab("7 · Export", id="export"):
             gr.Markdown("Exports the child designed in **Design**: a `save_pretrained` folder with the tokenizer, "
                         "`subclone.json` (the full plan) and a model card, as a zip.")
             with gr.Row():
@@ -368,7 +467,7 @@ with gr.Blocks(title="subclone") as demo:
             export_status = gr.Markdown(label="export status")
             with gr.Accordion("model card", open=False):
                 export_card = gr.Markdown(label="model card")
-        with gr.Tab("7 · Learn", id="learn"):
+        with gr.Tab("8 · Learn", id="learn"):
             gr.Markdown(LEARN)
 
     design_in = [parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale]
@@ -392,6 +491,11 @@ with gr.Blocks(title="subclone") as demo:
     outputs_btn.click(on_outputs, [parent, prompt, built], [parent_out, child_out], api_name="outputs")
     sweep_btn.click(on_sweep, [parent, data, depths, widths, heads, kv_heads, block_rule, neuron_rule, scale],
                     [fig_pareto, sweep_table, sweep_csv], api_name="sweep")
+    heal_btn.click(on_heal, [*design_in, steps, inits, distill],
+                                [fig_curves, heal_status, heal_table, healed, built], api_name="heal")
+    stop_btn.click(on_stop, None, heal_status, api_name="stop")
+    healed_btn.click(on_export_healed, [parent, data, healed_init, healed], [healed_file, healed_status],
+                     api_name="export_trained")
     export_btn.click(on_export, [*design_in, hub_repo, hub_token], [export_file, export_status, export_card],
                      api_name="export")
 

@@ -65,7 +65,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--seq-len", type=int, default=128)
     t.add_argument("--distill", type=float, default=0.0, help="weight of KL(parent || child) on the logits")
     t.add_argument("--eval-every", type=int, help="default: about ten evaluations per run")
-    t.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
+    t.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"],
+                   help="default: what accelerate launch says, else fp32 (fastest on CPUs)")
     t.add_argument("--out", required=True)
     t.add_argument("--json", action="store_true", help="print one JSON object (the default output too)")
 

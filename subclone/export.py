@@ -80,6 +80,19 @@ def model_card(plan, metrics: dict | None, parent_source: str, data: str, hub_id
     return "\n".join(lines)
 
 
+def training_section(result: dict) -> str:
+    """The model card's account of a recovery-training run."""
+    h = result["history"]
+    return "\n".join([
+        "## Recovery training", "",
+        f"Initialization `{result['init']}`, {result['steps']} steps of {result['config']['batch_size']} × "
+        f"{result['config']['seq_len']} tokens per process on {result['world_size']} process(es), AdamW lr "
+        f"{result['lr']:g} (warm-up then cosine), weight decay {result['weight_decay']:g}"
+        + (f", distillation weight {result['config']['distill']:g}" if result["config"].get("distill") else "") + ".",
+        f"Held-out loss {h[0]['eval_loss']} before, {result['eval_loss']} after "
+        f"(perplexity {result['eval_perplexity']}). `training.json` holds the whole history.", ""])
+
+
 def write(child, tokenizer, plan, out, card: str, extra: dict | None = None) -> Path:
     """save() plus the model card."""
     path = save(child, tokenizer, plan, out, extra)

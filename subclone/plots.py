@@ -27,6 +27,9 @@ CAPTIONS = {
     "blocks": "How much each block changes the residual stream: relative magnitude ‖f(x)‖/‖x+f(x)‖ (the paper), "
               "block influence 1 − cos(x, y) (ShortGPT) and, on demand, the loss increase when the block alone "
               "is removed. Low bars are near-identity blocks, the cheapest to drop. Grey bars = dropped.",
+    "curves": "Held-out loss (solid) and training loss (dotted) of the same child shape from each initialization, "
+              "trained on the same text with the same batches and seed. Lower is better; the gap at equal steps is "
+              "what subcloning buys.",
     "pareto": "Every child of the sweep: size against held-out quality with no training. Circled points are the "
               "Pareto front: no other child is both smaller and better. Hover for the shape.",
 }
@@ -149,3 +152,20 @@ def block_strip(n_layers: int, kept: list[int] | None) -> str:
     return (f"<div class='block-strip' aria-label='{html.escape(f'{len(kept)} of {n_layers} blocks kept')}'>{cells}"
             f"<div style='font:12px sans-serif;color:#666'>{len(kept)} of {n_layers} blocks kept "
             f"(filled) · dropped: {', '.join(str(i) for i in range(n_layers) if i not in kept) or 'none'}</div></div>")
+
+
+INIT_COLORS = {"subclone": "#3b6fb6", "uniform": "#e08a1e", "random": "#7f7f7f"}
+
+
+def curves(histories: dict[str, list[dict]]) -> go.Figure:
+    """Train and held-out loss against step, one colour per initialization."""
+    fig = go.Figure()
+    for init, history in histories.items():
+        color = INIT_COLORS.get(init)
+        evals = [h for h in history if h.get("eval_loss") is not None]
+        trains = [h for h in history if h.get("train_loss") is not None]
+        fig.add_trace(go.Scatter(x=[h["step"] for h in evals], y=[h["eval_loss"] for h in evals], name=f"{init} held-out",
+                                 mode="lines+markers", line=dict(color=color)))
+        fig.add_trace(go.Scatter(x=[h["step"] for h in trains], y=[h["train_loss"] for h in trains], name=f"{init} train",
+                                 mode="lines", line=dict(color=color, dash="dot")))
+    return _layout(fig, "Recovery training", "step", "loss (nats / token)", height=420)

@@ -16,7 +16,7 @@ import hashlib
 import itertools
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 import torch
@@ -44,7 +44,7 @@ class TrainConfig:
     eval_batches: int = 4
     clip: float = 1.0
     seed: int = 0
-    mixed_precision: str = "no"  # "no", "fp16" or "bf16" (GPUs); fp32 is fastest on CPUs
+    mixed_precision: str | None = None  # "no", "fp16", "bf16" (GPUs); None: what the launcher says, else fp32
 
     def check(self) -> None:
         if self.steps < 1:
@@ -55,7 +55,7 @@ class TrainConfig:
             raise SubcloneError(f"learning rate {self.lr} is out of range (0, 1)")
         if self.distill < 0:
             raise SubcloneError(f"distillation weight must be ≥ 0, got {self.distill}")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
+        if self.mixed_precision not in (None, "no", "fp16", "bf16"):
             raise SubcloneError(f"mixed precision '{self.mixed_precision}' is not one of no, fp16, bf16")
 
 
@@ -199,3 +199,30 @@ def text_tokens(parent, data: str, seq_len: int, eval_sequences: int = 32) -> tu
     train_text, held_text = data_mod.split(data_mod.load_text(data))
     return (parent.tokenize(train_text, seq_len, 10**9, "training"),
             parent.tokenize(held_text, seq_len, eval_sequences, "held-out evaluation"))
+
+
+def compare_inits(parent, importance, shape, inits, config: TrainConfig, data: str = "builtin",
+                  steps: dict | None = None, on_eval: Callable[[str, dict], None] | None = None,
+                  should_stop: Callable[[], bool] | None = None, **plan_options) -> dict:
+    """Train each init of one child shape on equal terms: the same text, batches, schedule and seed.
+
+    steps may give some inits a different number of steps (the paper's comparison: random gets 4×).
+    Returns {init: (model, plan, result)}; stops early, keeping what finished, when should_stop says so."""
+    for init in inits:
+        if init not in INITS:
+            raise SubcloneError(f"unknown init '{init}'. Available: {', '.join(INITS)}")
+    if not inits:
+        raise SubcloneError(f"choose at least one init: {', '.join(INITS)}")
+    config.check()
+    train_tokens, eval_tokens = text_tokens(parent, data, config.seq_len)
+    out = {}
+    for init in inits:
+        child, plan = init_child(parent, importance, shape, init, seed=config.seed, **plan_options)
+        run = replace(config, steps=(steps or {}).get(init, config.steps))
+        child, result = train(child, train_tokens, eval_tokens, run, init=init,
+                              teacher=parent.model if run.distill > 0 else None,
+                              on_eval=(lambda r, i=init: on_eval(i, r)) if on_eval else None, should_stop=should_stop)
+        out[init] = (child, plan, result)
+        if result["stopped"]:
+            break
+    return out

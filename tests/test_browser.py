@@ -1,6 +1,6 @@
 """The app in a real browser (Debian's headless Chromium, driven by Playwright), the way a learner uses it.
 
-Opens the page, analyzes the bundled parent, moves a slider, builds, sweeps, exports, and saves a screenshot
+Opens the page, analyzes the bundled parent, moves a slider, builds, sweeps, trains, exports, and saves a screenshot
 of every view (to $SUBCLONE_SCREENSHOTS, default a temporary folder). Fails on any JavaScript error, any
 console error, or any error toast.
 """
@@ -14,7 +14,8 @@ import pytest
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-VIEWS = ["1 · Parent & data", "2 · Anatomy", "3 · Design", "4 · Evaluate", "5 · Tradeoffs", "6 · Export", "7 · Learn"]
+VIEWS = ["1 · Parent & data", "2 · Anatomy", "3 · Design", "4 · Evaluate", "5 · Tradeoffs", "6 · Heal", "7 · Export",
+         "8 · Learn"]
 
 
 @pytest.mark.slow
@@ -77,13 +78,20 @@ def test_every_view_in_chromium(app_url, tmp_path):
         shot(VIEWS[4])
 
         view(VIEWS[5])
-        page.get_by_role("button", name="Export", exact=True).click()
-        page.get_by_text("Wrote").first.wait_for(timeout=180_000)
+        page.get_by_label("steps").fill("2")
+        page.get_by_role("button", name="Start").click()
+        page.get_by_text("Best: subclone").wait_for(timeout=300_000)
+        page.locator("span", has_text="held_out_loss").first.wait_for(timeout=10_000)
         shot(VIEWS[5])
 
         view(VIEWS[6])
-        assert page.get_by_text("What weight subcloning is").count() == 1
+        page.get_by_role("button", name="Export", exact=True).click()
+        page.get_by_text("Wrote").first.wait_for(timeout=180_000)
         shot(VIEWS[6])
+
+        view(VIEWS[7])
+        assert page.get_by_text("What weight subcloning is").count() == 1
+        shot(VIEWS[7])
         browser.close()
     assert not problems, "\n".join(problems)
     assert len(list(shots.glob("*.png"))) >= len(VIEWS)
