@@ -299,7 +299,7 @@ def on_heal(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neur
             box["runs"] = compare_inits(p, imp, shape, list(inits), config, data,
                                         on_eval=lambda i, r: records.put((i, r)), should_stop=stop.is_set,
                                         block_rule=block_rule, neuron_rule=neuron_rule, scale=_scale(scale))
-        except SubcloneError as e:
+        except Exception as e:  # handed to the event below: a clear error there, or Gradio's own
             box["error"] = e
         finally:
             records.put(None)
@@ -312,8 +312,10 @@ def on_heal(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neur
         histories[init].append(record)
         yield (plots.curves(histories), f"training **{init}**: step {record['step']} of {config.steps}, held-out loss "
                f"{record['eval_loss']}", gr.skip(), gr.skip(), gr.skip())
-    if "error" in box:
+    if isinstance(box.get("error"), SubcloneError):
         _fail(box["error"])
+    if "error" in box:
+        raise box["error"]
     ref, rows = _reference(parent, data), []
     for init, (child, plan, result) in box["runs"].items():
         r = evaluate(child, ref, speed=False)

@@ -72,3 +72,20 @@ def test_bundled_parent_end_to_end(client, tmp_path):
     child = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
     assert child.config.num_hidden_layers == 20 and child.config.hidden_size == 432
     assert child.num_parameters() == rows["params"][1]
+
+
+@pytest.mark.slow
+def test_bundled_encoder_shows_similarities_and_refuses_training(client):
+    parent = dict(parent="minilm-l6", data="builtin")
+    card, *_ = client.predict(**parent, api_name="/analyze")
+    assert "bert (encoder)" in card
+    shape = dict(layers=4, hidden=256, ffn=1024, heads=8, kv_heads=8, block_rule="magnitude", neuron_rule="importance",
+                 scale=SCALE)
+    table, _ = client.predict(**parent, **shape, api_name="/build")
+    rows = {r[0]: r[1:] for r in table["data"]}
+    assert 0 < rows["cosine_to_parent"][1] <= 1 and "perplexity" not in rows
+    p, c = client.predict(parent="minilm-l6", prompt="A cat sits on the mat.\nA kitten rests on a rug.\nStocks fell today.",
+                          api_name="/outputs")
+    assert p.count("|") == c.count("|") and "A cat sits on the mat." in p and "Stocks fell today." in c
+    with pytest.raises(Exception, match="training needs a causal LM"):
+        client.predict(**parent, **shape, steps=2, inits=["subclone"], distill=0, api_name="/heal")

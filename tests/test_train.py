@@ -117,6 +117,7 @@ def test_cli_train_prints_the_contract(tmp_path, tiny_dir):
     assert bad.returncode == 2 and bad.stderr.strip() == "error: steps must be at least 1, got 0"
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_stay_in_sync(tmp_path, tiny_dir):
     """torchrun --nproc_per_node=2 on CPU (gloo): both ranks step, weights agree, rank 0 saves a child that reloads."""
     out = tmp_path / "ddp"
