@@ -101,10 +101,11 @@ def _human(n: int) -> str:
     return f"{n / 1e6:.1f} M" if n >= 1e6 else f"{n / 1e3:.1f} K"
 
 
-def _anatomy(imp, plan, drops, kind):
-    label = "Δ loss when removed" if kind == "causal-lm" else "1 − cos when removed"
-    return (plots.residual_map(imp, plan), plots.consistency_map(imp), plots.heads_map(imp, plan),
-            plots.ffn_map(imp, plan), plots.blocks_chart(imp, drops, plan, label))
+def _archive(folder):
+    """Zip an exported folder: (path for the File widget, status line)."""
+    archive = export.zip_dir(folder)
+    return str(archive), f"Wrote `{archive.name}` ({archive.stat().st_size / 2**20:.0f} MB): `from_pretrained` loads " \
+                         "the unzipped folder."
 
 
 # ---- 1. parent and data --------------------------------------------------------------------------
@@ -161,8 +162,9 @@ def on_design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, ne
         return [gr.skip()] * 7  # the readout already says what is wrong
     if imp is None:
         return [gr.skip()] * 7
-    figs = _anatomy(imp, plan, _drops.get((parent, data)), p.family.kind)
-    return (*figs, plots.heads_map(imp, plan), plots.residual_map(imp, plan))
+    residual, heads = plots.residual_map(imp, plan), plots.heads_map(imp, plan)  # shown in Anatomy and Design
+    return (residual, plots.consistency_map(imp), heads, plots.ffn_map(imp, plan),
+            plots.blocks_chart(imp, _drops.get((parent, data)), plan, p.family.kind), heads, residual)
 
 
 def on_drop_one(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale,
@@ -175,8 +177,7 @@ def on_drop_one(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, 
                                               progress=lambda f, msg: progress(f, desc=msg))
     except SubcloneError as e:
         _fail(e)
-    label = "Δ loss when removed" if p.family.kind == "causal-lm" else "1 − cos when removed"
-    return plots.blocks_chart(imp, _drops[(parent, data)], plan, label)
+    return plots.blocks_chart(imp, _drops[(parent, data)], plan, p.family.kind)
 
 
 # ---- 4. evaluate ---------------------------------------------------------------------------------
@@ -269,14 +270,13 @@ def on_export(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, ne
         name = f"subclone-{Path(parent).name}-{shape.layers}L-{shape.hidden}h-{shape.ffn}f-{int(time.time())}"
         card = export.model_card(plan, metrics, p.source, data, p.hub_id)
         folder = export.write(child, p.tokenizer, plan, EXPORTS / name, card, extra=dict(data=data, metrics=metrics))
-        archive = export.zip_dir(folder)
-        status = f"Wrote `{archive.name}` ({archive.stat().st_size / 2**20:.0f} MB): `from_pretrained` loads the unzipped folder."
+        archive, status = _archive(folder)
         if hub_repo.strip():
             progress(0.8, desc="pushing to the Hub")
             status += f"  \nPushed to the Hub: {export.push(folder, hub_repo.strip(), hub_token.strip())}"
     except SubcloneError as e:
         _fail(e)
-    return str(archive), status, card
+    return archive, status, card
 
 
 # ---- heal (recovery training) -------------------------------------------------------------------
@@ -351,13 +351,20 @@ def on_export_healed(parent, data, init, healed, progress=gr.Progress()):
     progress(0.5, desc="writing the folder and the zip")
     folder = export.save_trained(child, p.tokenizer, plan, EXPORTS / name, dict(parent=parent, data=data, **result))
     (folder / "README.md").write_text(card)
-    archive = export.zip_dir(folder)
-    return str(archive), f"Wrote `{archive.name}` ({archive.stat().st_size / 2**20:.0f} MB)."
+    return _archive(folder)
 
 
 # ---- layout --------------------------------------------------------------------------------------
 
 CSS = ".caption {color: #555; font-size: 0.9em; margin-top: -6px}"
+
+
+def _figure(label, caption):
+    """A plot with its how-to-read-it caption under it."""
+    plot = gr.Plot(label=label)
+    gr.Markdown(plots.CAPTIONS[caption], elem_classes="caption")
+    return plot
+
 
 with gr.Blocks(title="subclone") as demo:
     gr.Markdown("# subclone\nMake a smaller transformer out of a larger pretrained one by **weight subcloning** "
@@ -383,20 +390,15 @@ with gr.Blocks(title="subclone") as demo:
                         "drops; move the sliders in **Design** and come back.")
             with gr.Row():
                 with gr.Column():
-                    fig_residual = gr.Plot(label="residual stream")
-                    gr.Markdown(plots.CAPTIONS["residual"], elem_classes="caption")
+                    fig_residual = _figure("residual stream", "residual")
                 with gr.Column():
-                    fig_consistency = gr.Plot(label="ranking consistency")
-                    gr.Markdown(plots.CAPTIONS["consistency"], elem_classes="caption")
+                    fig_consistency = _figure("ranking consistency", "consistency")
             with gr.Row():
                 with gr.Column():
-                    fig_heads = gr.Plot(label="attention heads")
-                    gr.Markdown(plots.CAPTIONS["heads"], elem_classes="caption")
+                    fig_heads = _figure("attention heads", "heads")
                 with gr.Column():
-                    fig_ffn = gr.Plot(label="FFN neurons")
-                    gr.Markdown(plots.CAPTIONS["ffn"], elem_classes="caption")
-            fig_blocks = gr.Plot(label="block contribution")
-            gr.Markdown(plots.CAPTIONS["blocks"], elem_classes="caption")
+                    fig_ffn = _figure("FFN neurons", "ffn")
+            fig_blocks = _figure("block contribution", "blocks")
             drop_btn = gr.Button("Compute drop-one Δ loss (one pass per block, ~40 s for SmolLM2)")
         with gr.Tab("3 · Design", id="design"):
             with gr.Row():
@@ -433,8 +435,7 @@ with gr.Blocks(title="subclone") as demo:
                 widths = gr.Textbox("100, 87.5, 75, 62.5", label="widths (% of hidden and ffn)",
                                     info="heads / kv heads come from Design")
                 sweep_btn = gr.Button("Sweep", variant="primary")
-            fig_pareto = gr.Plot(label="tradeoff")
-            gr.Markdown(plots.CAPTIONS["pareto"], elem_classes="caption")
+            fig_pareto = _figure("tradeoff", "pareto")
             sweep_table = gr.Dataframe(label="sweep", interactive=False)
             sweep_csv = gr.File(label="CSV")
         with gr.Tab("6 · Heal", id="heal"):
@@ -450,8 +451,7 @@ with gr.Blocks(title="subclone") as demo:
                 heal_btn = gr.Button("Start", variant="primary")
                 stop_btn = gr.Button("Stop", variant="stop")
             heal_status = gr.Markdown()
-            fig_curves = gr.Plot(label="loss curves")
-            gr.Markdown(plots.CAPTIONS["curves"], elem_classes="caption")
+            fig_curves = _figure("loss curves", "curves")
             heal_table = gr.Dataframe(label="trained children on held-out text", interactive=False)
             with gr.Row():
                 healed_init = gr.Dropdown(list(INITS), value="subclone", label="export the child trained from")
@@ -493,8 +493,8 @@ with gr.Blocks(title="subclone") as demo:
     outputs_btn.click(on_outputs, [parent, prompt, built], [parent_out, child_out], api_name="outputs")
     sweep_btn.click(on_sweep, [parent, data, depths, widths, heads, kv_heads, block_rule, neuron_rule, scale],
                     [fig_pareto, sweep_table, sweep_csv], api_name="sweep")
-    heal_btn.click(on_heal, [*design_in, steps, inits, distill],
-                                [fig_curves, heal_status, heal_table, healed, built], api_name="heal")
+    heal_btn.click(on_heal, [*design_in, steps, inits, distill], [fig_curves, heal_status, heal_table, healed, built],
+                   api_name="heal")
     stop_btn.click(on_stop, None, heal_status, api_name="stop")
     healed_btn.click(on_export_healed, [parent, data, healed_init, healed], [healed_file, healed_status],
                      api_name="export_trained")

@@ -1,9 +1,9 @@
 """How good is the child: held-out perplexity and agreement with the parent, size and speed.
 
 The parent's side of every comparison is a `Reference`, computed once per (parent, data) and reused for
-every child: causal LMs keep the parent's next-token log-probabilities on the held-out tokens (fp32:
-~400 MB for SmolLM2 on 2,048 tokens, and KL stays exact);
-encoders keep its mean-pooled embeddings. `evaluate(child, ref)` then costs one child forward pass.
+every child: causal LMs keep the parent's next-token log-probabilities on the held-out tokens (fp32, so
+KL stays exact: 2,040 positions × 49,152 × 4 bytes ≈ 400 MB for SmolLM2); encoders keep its mean-pooled
+embeddings. `evaluate(child, ref)` then costs one child forward pass.
 
 Causal LMs: perplexity of child and parent, top-1 agreement and KL(parent || child) of next-token
 distributions. Encoders: cosine between the child's mean-pooled embedding and the parent's, read on the
@@ -11,6 +11,7 @@ residual dimensions the child kept. Both: parameters, MB, ms per generated (or e
 """
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 import time
@@ -51,8 +52,15 @@ def ms_per_token(model, tokens: Tokens, kind: str, new_tokens: int = 16, repeats
     return round(statistics.median(times), 3)
 
 
-def _pooled(model, batch):
-    return model(input_ids=batch).last_hidden_state.mean(1)
+def pooled(model, tokens: Tokens, batch_size: int = BATCH) -> torch.Tensor:
+    """(n, hidden) mean-pooled last hidden states of an encoder, one row per sequence."""
+    return torch.cat([model(input_ids=b).last_hidden_state.mean(1) for b in tokens.batches(batch_size)])
+
+
+def mean_loss(model, tokens: Tokens, batch_size: int = BATCH, batches: int | None = None, device=None) -> torch.Tensor:
+    """Mean next-token loss of a causal LM over (the first `batches` batches of) tokens."""
+    return torch.stack([model(input_ids=b.to(device), labels=b.to(device)).loss.float()
+                        for b in itertools.islice(tokens.batches(batch_size), batches)]).mean()
 
 
 @dataclass
@@ -84,7 +92,7 @@ def reference(parent_model, tokens: Tokens, kind: str, speed: bool = True) -> Re
             ref.top1.append(logits.argmax(-1))
         ref.perplexity = round(math.exp(nll / n), 3)
     else:
-        ref.pooled = torch.cat([_pooled(parent_model, b) for b in tokens.batches(BATCH)])
+        ref.pooled = pooled(parent_model, tokens)
     if speed:
         ref.ms_per_token = ms_per_token(parent_model, tokens, kind)
     return ref
@@ -110,7 +118,7 @@ def compare_lm(child, ref: Reference) -> dict:
 def compare_encoder(child, ref: Reference, residual: list[int] | None) -> dict:
     """Mean cosine of child and parent sentence embeddings, on the child's kept residual dimensions."""
     p = ref.pooled[:, residual] if residual is not None else ref.pooled
-    c = torch.cat([_pooled(child, b) for b in ref.tokens.batches(BATCH)])
+    c = pooled(child, ref.tokens)
     return dict(cosine_to_parent=round(nnf.cosine_similarity(c, p, dim=-1).mean().item(), 4),
                 eval_sequences=len(ref.tokens.ids))
 

@@ -24,10 +24,13 @@ def check_writable(out: str | os.PathLike) -> Path:
 
 
 def save(child, tokenizer, plan, out, extra: dict | None = None) -> Path:
+    """save_pretrained of model and tokenizer, plus subclone.json when the child came from a plan."""
     path = check_writable(out)
     child.save_pretrained(path)
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
+    if plan is None:  # a random-init child: nothing was subcloned
+        return path
     record = {**plan.to_dict(), **(extra or {})}  # one key per line: readable, and still plain JSON
     (path / PLAN_FILE).write_text("{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in record.items())
                                   + "\n}\n")
@@ -39,11 +42,7 @@ TRAINING_FILE = "training.json"
 
 def save_trained(child, tokenizer, plan, out, record: dict) -> Path:
     """A trained child: save_pretrained, the plan it started from (none for random init), its training record."""
-    path = save(child, tokenizer, plan, out) if plan is not None else check_writable(out)
-    if plan is None:
-        child.save_pretrained(path)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(path)
+    path = save(child, tokenizer, plan, out)
     (path / TRAINING_FILE).write_text(json.dumps(record, indent=1))
     return path
 

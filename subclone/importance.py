@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import data as data_mod
+from .evaluate import mean_loss, pooled
 from .parents import Parent, home
 
 Progress = Callable[[float, str], None]
@@ -172,10 +173,7 @@ def drop_one(parent: Parent, tokens: data_mod.Tokens, progress: Progress | None 
         return (x, *output[1:]) if isinstance(output, tuple) else x
 
     def run():
-        if kind == "causal-lm":
-            losses = [model(input_ids=b, labels=b).loss for b in tokens.batches(4)]
-            return torch.stack(losses).mean()
-        return torch.cat([model(input_ids=b).last_hidden_state.mean(1) for b in tokens.batches(8)])
+        return mean_loss(model, tokens) if kind == "causal-lm" else pooled(model, tokens)
 
     base, out = run(), []
     for i, block in enumerate(blocks):

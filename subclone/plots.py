@@ -103,10 +103,10 @@ def ffn_map(imp: Importance, plan: Plan | None = None) -> go.Figure:
 
 
 def blocks_chart(imp: Importance, drop_one: torch.Tensor | None = None, plan: Plan | None = None,
-                 drop_label: str = "Δ loss when removed") -> go.Figure:
+                 kind: str = "causal-lm") -> go.Figure:
     metrics = [("relative magnitude", imp.magnitude), ("block influence (1 − cos)", imp.bi)]
-    if drop_one is not None:
-        metrics.append((drop_label, drop_one))
+    if drop_one is not None:  # what importance.drop_one measures for this kind of model
+        metrics.append(("Δ loss when removed" if kind == "causal-lm" else "1 − cos when removed", drop_one))
     L = len(imp.magnitude)
     kept = set(plan.layers) if plan is not None else set(range(L))
     fig = make_subplots(rows=len(metrics), cols=1, shared_xaxes=True, vertical_spacing=0.06,

@@ -24,6 +24,7 @@ import torch.nn.functional as nnf
 
 from .data import Tokens
 from .errors import SubcloneError
+from .evaluate import mean_loss
 
 INITS = ("subclone", "uniform", "random")
 # The paper trains subcloned children with a low learning rate and small weight decay; random init wants more.
@@ -87,13 +88,12 @@ def _param_groups(model, weight_decay: float):
 
 @torch.no_grad()
 def eval_loss(model, tokens: Tokens, batch_size: int, batches: int | None = None, device=None) -> float:
-    """Mean next-token loss on held-out tokens (the same number on every process)."""
+    """Mean next-token loss on held-out tokens (the same number on every process), in eval mode."""
     was = model.training
     model.eval()
-    losses = [model(input_ids=b.to(device), labels=b.to(device)).loss.float()
-              for b in itertools.islice(tokens.batches(batch_size), batches)]
+    loss = mean_loss(model, tokens, batch_size, batches, device).item()
     model.train(was)
-    return torch.stack(losses).mean().item()
+    return loss
 
 
 def digest(model) -> str:

@@ -94,6 +94,8 @@ def test_figures_grey_out_exactly_what_the_child_drops(llama):
     assert strip.count(": kept'") == 3 and "3 of 4 blocks kept" in strip
     bars = plots.blocks_chart(imp, torch.ones(L), plan)
     assert len(bars.data) == 3 and sum(c == "#c8c8c8" for c in bars.data[0].marker.color) == 1
+    assert bars.layout.annotations[2].text == "Δ loss when removed"
+    assert plots.blocks_chart(imp, torch.ones(L), plan, "encoder").layout.annotations[2].text == "1 − cos when removed"
 
 
 def test_export_zip_loads_and_the_card_says_how_it_was_made(llama, tmp_path):
