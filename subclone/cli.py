@@ -154,7 +154,7 @@ def cmd_eval(args) -> dict:
 def cmd_train(args) -> dict | None:
     from . import analyze, load_parent, resolve_shape
     from .export import check_writable, save_trained
-    from .train import TrainConfig, init_child, is_main_process, text_tokens, train
+    from .train import TrainConfig, end_processes, init_child, is_main_process, text_tokens, train
 
     config = TrainConfig(steps=args.steps, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size,
                          seq_len=args.seq_len, distill=args.distill, eval_every=args.eval_every, seed=args.seed,
@@ -170,10 +170,13 @@ def cmd_train(args) -> dict | None:
     train_tokens, eval_tokens = text_tokens(parent, args.data, args.seq_len)
     child, result = train(child, train_tokens, eval_tokens, config, init=args.init,
                           teacher=parent.model if args.distill > 0 else None)
-    if not is_main_process():
-        return None  # rank 0 saves and reports
-    save_trained(child, parent.tokenizer, plan, args.out, dict(parent=parent.name, data=args.data, **result))
-    return dict(out=args.out, parent=parent.name, shape=shape.to_dict(), params=child.num_parameters(), **result)
+    try:
+        if not is_main_process():
+            return None  # rank 0 saves and reports
+        save_trained(child, parent.tokenizer, plan, args.out, dict(parent=parent.name, data=args.data, **result))
+        return dict(out=args.out, parent=parent.name, shape=shape.to_dict(), params=child.num_parameters(), **result)
+    finally:
+        end_processes()
 
 
 COMMANDS = {"analyze": cmd_analyze, "clone": cmd_clone, "train": cmd_train, "eval": cmd_eval}

@@ -192,6 +192,16 @@ def is_main_process() -> bool:
     return PartialState().is_main_process
 
 
+def end_processes() -> None:
+    """Wait for every process (rank 0 may still be saving), then close the process group, so that no rank exits
+    while another still talks to it (a rank that leaves early can abort in gloo's teardown). No-op in one process."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    state.wait_for_everyone()
+    state.destroy_process_group()
+
+
 def text_tokens(parent, data: str, seq_len: int, eval_sequences: int = 32) -> tuple[Tokens, Tokens]:
     """(training, held-out) token chunks of `data`: the calibration split trains, the held-out split evaluates."""
     from . import data as data_mod
