@@ -330,7 +330,8 @@ def on_heal(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neur
 
 
 def on_stop(request: gr.Request):
-    event = _stops.get(getattr(request, "session_hash", None))
+    """Stop this browser session's training: the Stop button, and closing or reloading the tab."""
+    event = _stops.pop(getattr(request, "session_hash", None), None)
     if event is not None:
         event.set()
     return "stopping after the current step…"
@@ -496,6 +497,7 @@ with gr.Blocks(title="subclone") as demo:
     heal_btn.click(on_heal, [*design_in, steps, inits, distill], [fig_curves, heal_status, heal_table, healed, built],
                    api_name="heal")
     stop_btn.click(on_stop, None, heal_status, api_name="stop")
+    demo.unload(on_stop)
     healed_btn.click(on_export_healed, [parent, data, healed_init, healed], [healed_file, healed_status],
                      api_name="export_trained")
     export_btn.click(on_export, [*design_in, hub_repo, hub_token], [export_file, export_status, export_card],

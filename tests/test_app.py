@@ -89,3 +89,22 @@ def test_bundled_encoder_shows_similarities_and_refuses_training(client):
     assert p.count("|") == c.count("|") and "A cat sits on the mat." in p and "Stocks fell today." in c
     with pytest.raises(Exception, match="training needs a causal LM"):
         client.predict(**parent, **shape, steps=2, inits=["subclone"], distill=0, api_name="/heal")
+
+
+@pytest.mark.slow
+def test_closing_the_tab_stops_its_training(app_url, tiny_dir):
+    """A session that goes away mid-training (the unload event) stops its run; otherwise the next Heal would queue
+    behind a million steps nobody watches."""
+    from gradio_client import Client
+
+    args = dict(parent=str(tiny_dir), data="builtin", layers=3, hidden=24, ffn=20, heads=4, kv_heads=2,
+                block_rule="magnitude", neuron_rule="importance", scale=SCALE, inits=["random"], distill=0)
+    leaver = Client(app_url, verbose=False)
+    job = leaver.submit(**args, steps=10**6, api_name="/heal")
+    for _curves, status, *_ in job:
+        if "step" in status:  # training is under way
+            break
+    leaver.close()
+    healed = Client(app_url, verbose=False).submit(**args, steps=2, api_name="/heal").result(timeout=300)
+    table = healed[2]
+    assert [r[table["headers"].index("steps")] for r in table["data"]] == [2]
