@@ -104,6 +104,7 @@ def test_closing_the_tab_stops_its_training(app_url, tiny_dir):
     for _curves, status, *_ in job:
         if "step" in status:  # training is under way
             break
+    assert not job.done()  # still training when its session goes away
     leaver.close()
     healed = Client(app_url, verbose=False).submit(**args, steps=2, api_name="/heal").result(timeout=300)
     table = healed[2]
