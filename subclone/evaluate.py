@@ -78,15 +78,21 @@ class Reference:
     ms_per_token: float | None = None
 
 
+def _next_token(model, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """A causal LM's next-token predictions on one batch: fp32 logits, log-probs, summed NLL of the text."""
+    logits = model(input_ids=batch).logits[:, :-1].float()
+    logp = logits.log_softmax(-1)
+    return logits, logp, nnf.nll_loss(logp.flatten(0, 1), batch[:, 1:].flatten(), reduction="sum").item()
+
+
 @torch.no_grad()
 def reference(parent_model, tokens: Tokens, kind: str, speed: bool = True) -> Reference:
     ref = Reference(kind, tokens, n_params(parent_model), size_mb(parent_model))
     if kind == "causal-lm":
         ref.logp, ref.top1, nll, n = [], [], 0.0, 0
         for batch in tokens.batches(BATCH):
-            logits = parent_model(input_ids=batch).logits[:, :-1].float()
-            logp = logits.log_softmax(-1)
-            nll += nnf.nll_loss(logp.flatten(0, 1), batch[:, 1:].flatten(), reduction="sum").item()
+            logits, logp, batch_nll = _next_token(parent_model, batch)
+            nll += batch_nll
             n += batch[:, 1:].numel()
             ref.logp.append(logp)
             ref.top1.append(logits.argmax(-1))
@@ -104,9 +110,8 @@ def compare_lm(child, ref: Reference) -> dict:
     nll = agree = kl = 0.0
     n = 0
     for batch, logp, top1 in zip(ref.tokens.batches(BATCH), ref.logp, ref.top1):
-        lc = child(input_ids=batch).logits[:, :-1].float()
-        logq = lc.log_softmax(-1)
-        nll += nnf.nll_loss(logq.flatten(0, 1), batch[:, 1:].flatten(), reduction="sum").item()
+        lc, logq, batch_nll = _next_token(child, batch)
+        nll += batch_nll
         agree += (lc.argmax(-1) == top1).sum().item()
         kl += (logp.exp() * (logp - logq)).sum().item()
         n += top1.numel()

@@ -150,15 +150,15 @@ def resolve_shape(family: Family, parent: Shape, layers=None, hidden=None, ffn=N
             hidden = heads * parent.head_dim
     layers = parent.layers if layers is None else layers
     heads = parent.heads if heads is None else heads
-    pairs = head_pairs(parent)
-    _check("heads", heads, sorted({h for h, _ in pairs}), _why(family, parent, heads)["heads"])
+    pairs, why = head_pairs(parent), _why(family, parent, heads)
+    _check("heads", heads, sorted({h for h, _ in pairs}), why["heads"])
     if kv_heads is None:
         kv_heads = max(kv for h, kv in pairs if h == heads)
-    _check("kv_heads", kv_heads, [kv for h, kv in pairs if h == heads], _why(family, parent, heads)["kv_heads"])
+    _check("kv_heads", kv_heads, [kv for h, kv in pairs if h == heads], why["kv_heads"])
     hidden = parent.hidden if hidden is None else hidden
     v = valid_values(family, parent, heads)
     _check("layers", layers, v["layers"], f"the parent has {parent.layers} blocks; keep 1 to {parent.layers}")
-    _check("hidden", hidden, v["hidden"], _why(family, parent, heads)["hidden"])
+    _check("hidden", hidden, v["hidden"], why["hidden"])
     _check("ffn", ffn if ffn is not None else parent.ffn, v["ffn"], f"ffn must be 1 to {parent.ffn}")
     return Shape(layers=layers, hidden=hidden, ffn=parent.ffn if ffn is None else ffn, heads=heads,
                  kv_heads=kv_heads, head_dim=parent.head_dim)
@@ -280,8 +280,9 @@ def snap_shape(family: Family, parent: Shape, layers: int, hidden: int, ffn: int
 
     pairs = head_pairs(parent)
     heads = take("heads", heads, sorted({h for h, _ in pairs}), _why(family, parent, int(heads))["heads"])
-    kv_heads = take("kv heads", kv_heads, [kv for h, kv in pairs if h == heads], _why(family, parent, heads)["kv_heads"])
-    hidden = take("hidden", hidden, valid_values(family, parent, heads)["hidden"], _why(family, parent, heads)["hidden"])
+    why = _why(family, parent, heads)  # the rest depends on the snapped heads
+    kv_heads = take("kv heads", kv_heads, [kv for h, kv in pairs if h == heads], why["kv_heads"])
+    hidden = take("hidden", hidden, valid_values(family, parent, heads)["hidden"], why["hidden"])
     shape = resolve_shape(family, parent, layers=int(layers), hidden=hidden, ffn=int(ffn), heads=heads,
                           kv_heads=kv_heads)
     return shape, notes

@@ -60,14 +60,18 @@ class TrainConfig:
             raise SubcloneError(f"mixed precision '{self.mixed_precision}' is not one of no, fp16, bf16")
 
 
+def _check_init(init: str) -> None:
+    if init not in INITS:
+        raise SubcloneError(f"unknown init '{init}'. Available: {', '.join(INITS)}")
+
+
 def init_child(parent, importance, shape, init: str = "subclone", seed: int = 0, **plan_options):
     """(model, plan) for one initialization of a child shape; plan is None for random init."""
     from .clone import build
     from .parents import auto_class
     from .plan import make_plan
 
-    if init not in INITS:
-        raise SubcloneError(f"unknown init '{init}'. Available: {', '.join(INITS)}")
+    _check_init(init)
     if parent.family.kind != "causal-lm":
         raise SubcloneError(f"training needs a causal LM; '{parent.name}' is a {parent.family.kind}")
     if init == "random":
@@ -219,8 +223,7 @@ def compare_inits(parent, importance, shape, inits, config: TrainConfig, data: s
     steps may give some inits a different number of steps (the paper's comparison: random gets 4×).
     Returns {init: (model, plan, result)}; stops early, keeping what finished, when should_stop says so."""
     for init in inits:
-        if init not in INITS:
-            raise SubcloneError(f"unknown init '{init}'. Available: {', '.join(INITS)}")
+        _check_init(init)
     if not inits:
         raise SubcloneError(f"choose at least one init: {', '.join(INITS)}")
     config.check()
