@@ -268,7 +268,7 @@ def on_export(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, ne
             metrics = evaluate(child, _reference(parent, data), plan.residual, speed=False)
         progress(0.6, desc="writing the folder and the zip")
         name = f"subclone-{Path(parent).name}-{shape.layers}L-{shape.hidden}h-{shape.ffn}f-{int(time.time())}"
-        card = export.model_card(plan, metrics, p.source, data, p.hub_id)
+        card = export.model_card(p, child, plan, data, metrics)
         folder = export.write(child, p.tokenizer, plan, EXPORTS / name, card, extra=dict(data=data, metrics=metrics))
         archive, status = _archive(folder)
         if hub_repo.strip():
@@ -316,17 +316,18 @@ def on_heal(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neur
         _fail(box["error"])
     if "error" in box:
         raise box["error"]
-    ref, rows = _reference(parent, data), []
-    for init, (child, plan, result) in box["runs"].items():
-        r = evaluate(child, ref, speed=False)
-        rows.append(dict(init=init, steps=result["steps"], lr=result["lr"], held_out_loss=result["eval_loss"],
-                         perplexity=r["perplexity"], parent_perplexity=r["parent_perplexity"],
-                         top1_agreement=r["top1_agreement"], kl_to_parent=r["kl_to_parent"], seconds=result["seconds"]))
-    best = min(box["runs"], key=lambda i: box["runs"][i][2]["eval_loss"])
-    child, plan, _ = box["runs"][best]
-    done = "stopped early" if any(r[2]["stopped"] for r in box["runs"].values()) else "done"
+    ref = _reference(parent, data)
+    healed = {init: (child, plan, result, evaluate(child, ref, speed=False))
+              for init, (child, plan, result) in box["runs"].items()}
+    rows = [dict(init=init, steps=result["steps"], lr=result["lr"], held_out_loss=result["eval_loss"],
+                 perplexity=r["perplexity"], parent_perplexity=r["parent_perplexity"],
+                 top1_agreement=r["top1_agreement"], kl_to_parent=r["kl_to_parent"], seconds=result["seconds"])
+            for init, (_, _, result, r) in healed.items()]
+    best = min(healed, key=lambda i: healed[i][2]["eval_loss"])
+    child, plan, _, _ = healed[best]
+    done = "stopped early" if any(h[2]["stopped"] for h in healed.values()) else "done"
     yield (plots.curves(histories), f"{done}. Best: **{best}**; *Generate with both* in Evaluate now uses it.",
-           pd.DataFrame(rows), box["runs"], (parent, child, plan))
+           pd.DataFrame(rows), healed, (parent, child, plan))
 
 
 def on_stop(request: gr.Request):
@@ -340,18 +341,14 @@ def on_stop(request: gr.Request):
 def on_export_healed(parent, data, init, healed, progress=gr.Progress()):
     if not healed or init not in healed:
         _fail(SubcloneError(f"train the '{init}' init first (Start in Heal)"))
-    child, plan, result = healed[init]
+    child, plan, result, metrics = healed[init]
     p = _parent(parent)
-    progress(0.2, desc="evaluating")
-    metrics = evaluate(child, _reference(parent, data), speed=False)
-    card = (export.model_card(plan, metrics, p.source, data, p.hub_id) if plan is not None else
-            f"# {p.family.name} child of {parent}, trained from random initialization\n\n")
-    card += "\n" + export.training_section(result)
     shape = p.family.read_shape(child.config)
     name = f"subclone-{Path(parent).name}-{shape.layers}L-{shape.hidden}h-{init}-{result['steps']}steps-{int(time.time())}"
-    progress(0.5, desc="writing the folder and the zip")
-    folder = export.save_trained(child, p.tokenizer, plan, EXPORTS / name, dict(parent=parent, data=data, **result))
-    (folder / "README.md").write_text(card)
+    progress(0.3, desc="writing the folder and the zip")
+    folder = export.write(child, p.tokenizer, plan, EXPORTS / name,
+                          export.model_card(p, child, plan, data, metrics, training=result),
+                          training=dict(parent=parent, data=data, **result))
     return _archive(folder)
 
 

@@ -106,7 +106,7 @@ def cmd_analyze(args) -> dict:
 
 def cmd_clone(args) -> dict:
     from . import analyze, build, load_parent, make_plan, resolve_shape
-    from .export import check_writable, save
+    from .export import check_writable, model_card, write
 
     check_writable(args.out)
     parent = load_parent(args.parent)
@@ -116,7 +116,8 @@ def cmd_clone(args) -> dict:
     plan = make_plan(parent, imp, shape, block_rule=args.block_rule, neuron_rule=args.neuron_rule,
                      scale=False if args.no_scale else None, seed=args.seed)
     child = build(parent, plan)
-    save(child, parent.tokenizer, plan, args.out, extra=dict(data=args.data, parent_params=parent.model.num_parameters()))
+    write(child, parent.tokenizer, plan, args.out, model_card(parent, child, plan, args.data),
+          extra=dict(data=args.data, parent_params=parent.model.num_parameters()))
     return dict(out=args.out, parent=parent.name, shape=plan.shape.to_dict(), layers=plan.layers,
                 params=plan.params, parent_params=parent.model.num_parameters(),
                 flops_per_token=plan.flops_per_token, block_rule=plan.block_rule, neuron_rule=plan.neuron_rule,
@@ -153,7 +154,7 @@ def cmd_eval(args) -> dict:
 
 def cmd_train(args) -> dict | None:
     from . import analyze, load_parent, resolve_shape
-    from .export import check_writable, save_trained
+    from .export import check_writable, model_card, write
     from .train import TrainConfig, end_processes, init_child, is_main_process, text_tokens, train
 
     config = TrainConfig(steps=args.steps, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size,
@@ -173,7 +174,9 @@ def cmd_train(args) -> dict | None:
     try:
         if not is_main_process():
             return None  # rank 0 saves and reports
-        save_trained(child, parent.tokenizer, plan, args.out, dict(parent=parent.name, data=args.data, **result))
+        record = dict(parent=parent.name, data=args.data, **result)
+        write(child, parent.tokenizer, plan, args.out, model_card(parent, child, plan, args.data, training=record),
+              training=record)
         return dict(out=args.out, parent=parent.name, shape=shape.to_dict(), params=child.num_parameters(), **result)
     finally:
         end_processes()

@@ -9,6 +9,7 @@ from pathlib import Path
 from .errors import SubcloneError
 
 PLAN_FILE = "subclone.json"
+TRAINING_FILE = "training.json"
 
 
 def check_writable(out: str | os.PathLike) -> Path:
@@ -37,50 +38,53 @@ def save(child, tokenizer, plan, out, extra: dict | None = None) -> Path:
     return path
 
 
-TRAINING_FILE = "training.json"
-
-
-def save_trained(child, tokenizer, plan, out, record: dict) -> Path:
-    """A trained child: save_pretrained, the plan it started from (none for random init), its training record."""
-    path = save(child, tokenizer, plan, out)
-    (path / TRAINING_FILE).write_text(json.dumps(record, indent=1))
-    return path
-
-
 def read_plan(model_dir) -> dict | None:
     f = Path(model_dir) / PLAN_FILE
     return json.loads(f.read_text()) if f.exists() else None
 
 
-def model_card(plan, metrics: dict | None, parent_source: str, data: str, hub_id: str | None = None) -> str:
-    """README.md for the exported child: how it was made, from which parent, with which rules, how good."""
-    s = plan.shape
+def model_card(parent, child, plan, data: str, metrics: dict | None = None, training: dict | None = None) -> str:
+    """README.md for a child: how it was made (subcloned, or random init for a baseline), from which parent, with
+    which rules, whether and how it was trained, and how good it is."""
+    from .arch import family_for
+    from .evaluate import n_params
+    from .parents import auto_class
+
+    family = family_for(child.config)
+    s = family.read_shape(child.config)
     front = ["---", "library_name: transformers", "tags: [subclone, weight-subcloning, pruning]"]
-    if hub_id:
-        front.append(f"base_model: {hub_id}")
+    if parent.hub_id:
+        front.append(f"base_model: {parent.hub_id}")
     front.append("---")
-    scale = ", ".join(g for g, on in plan.scale.items() if on) or "none"
-    lines = [*front, "", f"# {plan.family} child of {plan.parent}", "",
-             f"Made with subclone by weight subcloning (Samragh et al., 2023, arXiv 2312.09299) "
-             f"from `{parent_source}`, with no training. It is an initialization: train it before serious use.", "",
-             "| | |", "|---|---|",
-             f"| layers | {s.layers} (parent blocks kept: {', '.join(map(str, plan.layers))}) |",
-             f"| hidden | {s.hidden} |", f"| ffn | {s.ffn} |",
+    if plan is None:
+        how = f"A baseline: the shape of a subclone child of `{parent.source}`, from random initialization"
+    else:
+        how = f"Made with subclone by weight subcloning (Samragh et al., 2023, arXiv 2312.09299) from `{parent.source}`"
+    how += (f", then trained for {training['steps']} steps (below)." if training else
+            ", with no training. It is an initialization: train it before serious use.")
+    kept = f" (parent blocks kept: {', '.join(map(str, plan.layers))})" if plan is not None else ""
+    lines = [*front, "", f"# {family.name} child of {parent.name}", "", how, "", "| | |", "|---|---|",
+             f"| layers | {s.layers}{kept} |", f"| hidden | {s.hidden} |", f"| ffn | {s.ffn} |",
              f"| heads / kv heads | {s.heads} / {s.kv_heads} (head dim {s.head_dim}) |",
-             f"| parameters | {plan.params:,} |", f"| FLOPs / token | {plan.flops_per_token:,} |",
-             f"| block rule | {plan.block_rule} |", f"| neuron rule | {plan.neuron_rule} |",
-             f"| weight scaling √(d/d′) | {scale} |", f"| calibration text | {data} |", ""]
+             f"| parameters | {n_params(child):,} |"]
+    if plan is not None:
+        scale = ", ".join(g for g, on in plan.scale.items() if on) or "none"
+        lines += [f"| FLOPs / token | {plan.flops_per_token:,} |", f"| block rule | {plan.block_rule} |",
+                  f"| neuron rule | {plan.neuron_rule} |", f"| weight scaling √(d/d′) | {scale} |"]
+    lines += [f"| calibration text | {data} |", ""]
     if metrics:
-        lines += ["## Evaluation (held-out split of the calibration text, no training)", "", "| metric | value |",
-                  "|---|---|", *[f"| {k} | {v} |" for k, v in metrics.items()], ""]
-    lines += ["## Use", "", "```python", "from transformers import AutoModel, AutoTokenizer",
-              "model = AutoModel.from_pretrained(\"path/to/this/folder\")", "```", "",
-              "`subclone.json` in this folder records every kept block, dimension, neuron and head.", ""]
+        lines += [f"## Evaluation (held-out split of the calibration text, {'after' if training else 'no'} training)",
+                  "", "| metric | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in metrics.items()], ""]
+    if training:
+        lines += [_training_section(training)]
+    lines += ["## Use", "", "```python", f"from transformers import {auto_class(family).__name__}",
+              f"model = {auto_class(family).__name__}.from_pretrained(\"path/to/this/folder\")", "```", ""]
+    if plan is not None:
+        lines += [f"`{PLAN_FILE}` in this folder records every kept block, dimension, neuron and head.", ""]
     return "\n".join(lines)
 
 
-def training_section(result: dict) -> str:
-    """The model card's account of a recovery-training run."""
+def _training_section(result: dict) -> str:
     h = result["history"]
     return "\n".join([
         "## Recovery training", "",
@@ -89,12 +93,14 @@ def training_section(result: dict) -> str:
         f"{result['lr']:g} (warm-up then cosine), weight decay {result['weight_decay']:g}"
         + (f", distillation weight {result['config']['distill']:g}" if result["config"].get("distill") else "") + ".",
         f"Held-out loss {h[0]['eval_loss']} before, {result['eval_loss']} after "
-        f"(perplexity {result['eval_perplexity']}). `training.json` holds the whole history.", ""])
+        f"(perplexity {result['eval_perplexity']}). `{TRAINING_FILE}` holds the whole history.", ""])
 
 
-def write(child, tokenizer, plan, out, card: str, extra: dict | None = None) -> Path:
-    """save() plus the model card."""
+def write(child, tokenizer, plan, out, card: str, extra: dict | None = None, training: dict | None = None) -> Path:
+    """save(), the model card, and the training record when the child was trained."""
     path = save(child, tokenizer, plan, out, extra)
+    if training is not None:
+        (path / TRAINING_FILE).write_text(json.dumps(training, indent=1))
     (path / "README.md").write_text(card)
     return path
 

@@ -1,4 +1,5 @@
 """The app, driven as a user's script would: launched on a free port, called through gradio_client."""
+import json
 import zipfile
 
 import pytest
@@ -92,9 +93,9 @@ def test_bundled_encoder_shows_similarities_and_refuses_training(client):
 
 
 @pytest.mark.slow
-def test_closing_the_tab_stops_its_training(app_url, tiny_dir):
+def test_closing_the_tab_stops_its_training_and_a_trained_child_exports(app_url, tiny_dir, tmp_path):
     """A session that goes away mid-training (the unload event) stops its run; otherwise the next Heal would queue
-    behind a million steps nobody watches."""
+    behind a million steps nobody watches. The next session's trained child exports with its training record."""
     from gradio_client import Client
 
     args = dict(parent=str(tiny_dir), data="builtin", layers=3, hidden=24, ffn=20, heads=4, kv_heads=2,
@@ -106,6 +107,17 @@ def test_closing_the_tab_stops_its_training(app_url, tiny_dir):
             break
     assert not job.done()  # still training when its session goes away
     leaver.close()
-    healed = Client(app_url, verbose=False).submit(**args, steps=2, api_name="/heal").result(timeout=300)
+    stayer = Client(app_url, verbose=False)
+    healed = stayer.submit(**args, steps=2, api_name="/heal").result(timeout=300)
     table = healed[2]
     assert [r[table["headers"].index("steps")] for r in table["data"]] == [2]
+    with pytest.raises(Exception, match="train the 'subclone' init first"):
+        stayer.predict(parent=str(tiny_dir), data="builtin", init="subclone", api_name="/export_trained")
+    archive, _ = stayer.predict(parent=str(tiny_dir), data="builtin", init="random", api_name="/export_trained")
+    zipfile.ZipFile(archive).extractall(tmp_path)
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(tmp_path).config.num_hidden_layers == 3
+    card = (tmp_path / "README.md").read_text()
+    assert "from random initialization, then trained for 2 steps" in card and "after training)" in card
+    assert json.loads((tmp_path / "training.json").read_text())["steps"] == 2

@@ -27,6 +27,8 @@ def test_clone_then_eval_on_a_local_parent(tmp_path, tiny_dir):
     record = json.loads((out / "subclone.json").read_text())
     assert record["parent"] == str(tiny_dir) and record["layers"] == made["layers"] and len(record["layers"]) == 3
     assert record["block_rule"] == "middle" and record["scale"]["residual"] is True
+    card = (out / "README.md").read_text()  # a model card comes with it
+    assert "| block rule | middle |" in card and "AutoModelForCausalLM.from_pretrained" in card
     from subclone import Plan, build, load_parent  # subclone.json is a plan: it rebuilds the same child
 
     rebuilt = build(load_parent(str(tiny_dir)), Plan.from_dict(record))
@@ -73,6 +75,7 @@ def test_bundled_minilm_child(tmp_path):
     out = tmp_path / "mini"
     cli("clone", "--parent", "minilm-l6", "--layers", "4", "--heads", "8", "--out", str(out))
     assert AutoModel.from_pretrained(out).config.hidden_size == 256
+    assert "model = AutoModel.from_pretrained" in (out / "README.md").read_text()
     result = cli("eval", "--model", str(out), "--json", "--no-speed")
     assert 0.3 < result["cosine_to_parent"] < 1 and result["params"] < result["parent_params"]
     full = tmp_path / "full"

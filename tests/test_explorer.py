@@ -105,9 +105,10 @@ def test_export_zip_loads_and_the_card_says_how_it_was_made(llama, tmp_path):
     plan = make_plan(parent, imp, resolve_shape(parent.family, parent.shape, layers=3, hidden=24), block_rule="bi")
     child = build(parent, plan)
     metrics = evaluate(child, ref, speed=False)
-    card = export.model_card(plan, metrics, "memory", "builtin", hub_id="someone/parent")
-    assert "base_model: someone/parent" in card and "| block rule | bi |" in card
-    assert f"| perplexity | {metrics['perplexity']} |" in card
+    card = export.model_card(parent, child, plan, "builtin", metrics)
+    assert "| block rule | bi |" in card and "with no training" in card and "no training)" in card
+    assert f"| perplexity | {metrics['perplexity']} |" in card and f"| parameters | {plan.params:,} |" in card
+    assert "AutoModelForCausalLM.from_pretrained" in card  # the class that loads it with its head
     folder = export.write(child, None, plan, tmp_path / "child", card)
     archive = export.zip_dir(folder)
     zipfile.ZipFile(archive).extractall(tmp_path / "unzipped")
@@ -122,3 +123,17 @@ def test_push_needs_a_repo_and_a_token(tmp_path):
         export.push(tmp_path, "noslash", "tok")
     with pytest.raises(SubcloneError, match="needs a write token"):
         export.push(tmp_path, "me/child", "")
+
+
+def test_a_trained_childs_card_says_it_was_trained(llama):
+    parent, imp, ref = llama
+    plan = make_plan(parent, imp, resolve_shape(parent.family, parent.shape, layers=3, hidden=24))
+    child = build(parent, plan)
+    training = dict(init="subclone", steps=7, lr=1e-4, weight_decay=0.01, world_size=2, eval_loss=4.0,
+                    eval_perplexity=54.6, history=[dict(step=0, eval_loss=5.0)], config=dict(batch_size=8, seq_len=128))
+    card = export.model_card(parent, child, plan, "builtin", evaluate(child, ref, speed=False), training=training)
+    assert "then trained for 7 steps" in card and "after training)" in card and "no training" not in card
+    assert "## Recovery training" in card and "on 2 process(es)" in card and "Held-out loss 5.0 before, 4.0 after" in card
+    random_card = export.model_card(parent, child, None, "builtin", training=training)
+    assert "from random initialization" in random_card and "block rule" not in random_card
+    assert "subclone.json" not in random_card

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from subclone import analyze, load_parent, resolve_shape
 from subclone.errors import SubcloneError
-from subclone.export import save_trained
+from subclone.export import model_card, write
 from subclone.train import TrainConfig, init_child, text_tokens, train
 
 SHAPE = dict(layers=3, hidden=24, ffn=20, heads=4, kv_heads=2)
@@ -42,12 +42,13 @@ def test_loss_goes_down_and_the_saved_child_reloads(setup, tmp_path):
     assert [r["step"] for r in h] == [0, 10, 20, 30] and result["steps"] == 30
     assert h[-1]["eval_loss"] < h[0]["eval_loss"] - 0.3 and h[-1]["train_loss"] < h[1]["train_loss"]
     assert result["eval_loss"] == h[-1]["eval_loss"] and result["world_size"] == 1 and result["in_sync"]
-    save_trained(child, parent.tokenizer, plan, tmp_path, dict(result))
+    write(child, parent.tokenizer, plan, tmp_path, model_card(parent, child, plan, "builtin", training=result),
+          training=result)
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
     x = torch.randint(0, 300, (2, 16))
     assert torch.equal(reloaded(input_ids=x).logits, child(input_ids=x).logits)
     assert json.loads((tmp_path / "training.json").read_text())["history"] == h
-    assert (tmp_path / "subclone.json").exists()
+    assert (tmp_path / "subclone.json").exists() and "trained for 30 steps" in (tmp_path / "README.md").read_text()
 
 
 def test_deterministic_under_a_seed(setup):
