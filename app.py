@@ -39,7 +39,7 @@ _analyses: dict = {}  # (parent, data) -> Importance
 _references: dict = {}  # (parent, data) -> evaluate.Reference
 _drops: dict = {}  # (parent, data) -> drop-one scores
 _metrics: dict = {}  # (parent, data, plan key) -> evaluation of that child
-_reference_lock = threading.Lock()
+_parent_lock, _reference_lock = threading.Lock(), threading.Lock()
 _stops: dict = {}  # browser session -> threading.Event that stops its training
 
 
@@ -48,9 +48,10 @@ def _fail(e: Exception):
 
 
 def _parent(name):
-    if name not in _parents:
-        _parents[name] = load_parent(name)
-    return _parents[name]
+    with _parent_lock:  # the page's first preview and Analyze ask at once: load it once
+        if name not in _parents:
+            _parents[name] = load_parent(name)
+        return _parents[name]
 
 
 def _importance(parent, data, compute=False, progress=None):

@@ -10,10 +10,9 @@ from __future__ import annotations
 import math
 
 import torch
-from accelerate import init_empty_weights
 
 from .arch import F, KV, Q, QKV, R
-from .parents import Parent, auto_class
+from .parents import Parent, new_model
 from .plan import Plan
 
 
@@ -80,8 +79,7 @@ def build(parent: Parent, plan: Plan) -> torch.nn.Module:
     family = parent.family
     config = family.child_config(parent.config, plan.shape, plan.layers)
     state = slice_state(parent, plan)
-    with init_empty_weights(include_buffers=False):  # parameters on meta: nothing random is computed
-        child = auto_class(family).from_config(config, dtype=torch.float32)
+    child = new_model(family, config, empty=True)  # parameters on meta: nothing random is computed
     expected = {k: tuple(v.shape) for k, v in child.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in state.items()}
     assert expected == got, f"slicing produced the wrong tensors: {set(expected.items()) ^ set(got.items())}"

@@ -9,10 +9,13 @@ import hashlib
 import importlib.util
 import json
 import os
+import threading
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from accelerate import init_empty_weights
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from .arch import Family, Shape, family_for
@@ -82,12 +85,13 @@ def _package_dir(package: str) -> Path | None:
 def _convert_gguf(package_dir: Path, gguf_file: str, out: Path) -> None:
     """Dequantize the bundled GGUF to fp32 once and save it as a plain safetensors directory."""
     tok = AutoTokenizer.from_pretrained(package_dir, gguf_file=gguf_file)
-    loaded = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=gguf_file, dtype=torch.float32)
-    # save_pretrained refuses a GGUF-quantized object; a model rebuilt from the plain config saves fine.
-    cfg = loaded.config.to_dict()
-    cfg.pop("quantization_config", None)
-    cfg.pop("_name_or_path", None)
-    plain = AutoModelForCausalLM.from_config(type(loaded.config).from_dict(cfg), dtype=torch.float32)
+    with CONSTRUCTING:
+        loaded = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=gguf_file, dtype=torch.float32)
+        # save_pretrained refuses a GGUF-quantized object; a model rebuilt from the plain config saves fine.
+        cfg = loaded.config.to_dict()
+        cfg.pop("quantization_config", None)
+        cfg.pop("_name_or_path", None)
+        plain = AutoModelForCausalLM.from_config(type(loaded.config).from_dict(cfg), dtype=torch.float32)
     plain.load_state_dict(loaded.state_dict())
     tmp = out.with_name(out.name + ".partial")
     plain.save_pretrained(tmp)
@@ -131,10 +135,26 @@ def load_parent(name: str = DEFAULT_PARENT) -> Parent:
         raise SubcloneError(f"cannot load parent '{name}' from {source}: {str(e).splitlines()[0]} "
                             f"(offline? use a built-in: {', '.join(BUILTIN)})") from None
     family = family_for(config)
-    model = auto_class(family).from_pretrained(source, config=config, dtype=torch.float32, use_safetensors=True)
+    with CONSTRUCTING:
+        model = auto_class(family).from_pretrained(source, config=config, dtype=torch.float32, use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(source)
     return Parent(name=name, model=model.eval(), tokenizer=tokenizer, family=family, source=source)
 
 
 def auto_class(family: Family):
     return AutoModelForCausalLM if family.kind == "causal-lm" else AutoModel
+
+
+# accelerate's init_empty_weights patches torch.nn.Module for the whole process, not the thread: a model constructed
+# in another thread meanwhile gets parameters on the meta device. So every model construction holds this lock
+# (the app builds, trains and loads in several threads at once).
+CONSTRUCTING = threading.Lock()
+
+
+def new_model(family: Family, config, empty: bool = False, seed: int | None = None):
+    """A model of this config: randomly initialized (from `seed` when given), or with empty (meta) parameters
+    that the caller assigns."""
+    with CONSTRUCTING, init_empty_weights(include_buffers=False) if empty else nullcontext():
+        if seed is not None:
+            torch.manual_seed(seed)
+        return auto_class(family).from_config(config, dtype=torch.float32)

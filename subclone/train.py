@@ -68,7 +68,7 @@ def _check_init(init: str) -> None:
 def init_child(parent, importance, shape, init: str = "subclone", seed: int = 0, **plan_options):
     """(model, plan) for one initialization of a child shape; plan is None for random init."""
     from .clone import build
-    from .parents import auto_class
+    from .parents import new_model
     from .plan import make_plan
 
     _check_init(init)
@@ -76,8 +76,7 @@ def init_child(parent, importance, shape, init: str = "subclone", seed: int = 0,
         raise SubcloneError(f"training needs a causal LM; '{parent.name}' is a {parent.family.kind}")
     if init == "random":
         config = parent.family.child_config(parent.config, shape, list(range(shape.layers)))
-        torch.manual_seed(seed)
-        return auto_class(parent.family).from_config(config, dtype=torch.float32), None
+        return new_model(parent.family, config, seed=seed), None
     if init == "uniform":
         plan_options = dict(block_rule="first", neuron_rule="uniform", scale=False)
     plan = make_plan(parent, importance, shape, seed=seed, **plan_options)
