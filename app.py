@@ -277,7 +277,13 @@ def on_export(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, ne
             status += f"  \nPushed to the Hub: {export.push(folder, hub_repo.strip(), hub_token.strip())}"
     except SubcloneError as e:
         _fail(e)
-    return archive, status, card
+    return archive, status, _card_preview(card)
+
+
+def _card_preview(card: str) -> str:
+    """The model card as Markdown can show it: the YAML front matter in a code block, not read as a heading."""
+    _, front, body = card.split("---\n", 2)
+    return f"```yaml\n{front}```\n{body}"
 
 
 # ---- heal (recovery training) -------------------------------------------------------------------
@@ -331,11 +337,15 @@ def on_heal(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neur
            pd.DataFrame(rows), healed, (parent, child, plan))
 
 
-def on_stop(request: gr.Request):
+def on_leave(request: gr.Request):
     """Stop this browser session's training: the Stop button, and closing or reloading the tab."""
     event = _stops.pop(getattr(request, "session_hash", None), None)
     if event is not None:
         event.set()
+
+
+def on_stop(request: gr.Request):
+    on_leave(request)
     return "stopping after the current step…"
 
 
@@ -495,7 +505,7 @@ with gr.Blocks(title="subclone") as demo:
     heal_btn.click(on_heal, [*design_in, steps, inits, distill], [fig_curves, heal_status, heal_table, healed, built],
                    api_name="heal")
     stop_btn.click(on_stop, None, heal_status, api_name="stop")
-    demo.unload(on_stop)
+    demo.unload(on_leave)
     healed_btn.click(on_export_healed, [parent, data, healed_init, healed], [healed_file, healed_status],
                      api_name="export_trained")
     export_btn.click(on_export, [*design_in, hub_repo, hub_token], [export_file, export_status, export_card],
