@@ -6,25 +6,25 @@ Run with `make run` (http://127.0.0.1:7860) or as a Hugging Face Space (app_file
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import os
-import queue
-import tempfile
-import threading
-import time
+import sys
+import traceback
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 import transformers
+from gradio.utils import get_upload_folder
 
-from subclone import SubcloneError, analyze, build, load_parent, make_plan
-from subclone import export, plots
-from subclone.evaluate import evaluate, generate, held_out, reference, similarities
-from subclone.importance import drop_one
+from subclone import SubcloneError, plots
+from subclone.limits import Limits
 from subclone.parents import BUILTIN, DEFAULT_PARENT
-from subclone.plan import BLOCK_RULES, DEFAULT_SCALE, NEURON_RULES, SCALE_GROUPS, choose_layers, describe, snap_shape
-from subclone.sweep import grid, parse_list, sweep
-from subclone.train import INITS, TrainConfig, compare_inits
+from subclone.plan import BLOCK_RULES, DEFAULT_SCALE, NEURON_RULES, SCALE_GROUPS
+from subclone.train import INITS
+from subclone.workspace import Design, Workspace
 
 transformers.utils.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
@@ -32,99 +32,101 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parent
 LEARN = (ROOT / "docs" / "learn.md").read_text()
-EXPORTS = Path(tempfile.mkdtemp(prefix="subclone-exports-"))
-
-_parents: dict = {}  # name -> Parent
-_analyses: dict = {}  # (parent, data) -> Importance
-_references: dict = {}  # (parent, data) -> evaluate.Reference
-_drops: dict = {}  # (parent, data) -> drop-one scores
-_metrics: dict = {}  # (parent, data, plan key) -> evaluation of that child
-_parent_lock, _reference_lock = threading.Lock(), threading.Lock()
-_stops: dict = {}  # browser session -> threading.Event that stops its training
+# Every session's files live inside Gradio's own cache folder, so Gradio serves them without keeping a copy,
+# and they are deleted with the session.
+WS = Workspace(Limits.space(), Path(get_upload_folder()) / f"subclone-{os.getpid()}")
+SLIDERS = ("layers", "hidden", "ffn", "heads", "kv heads")
 
 
-def _fail(e: Exception):
-    raise gr.Error(str(e), print_exception=False)
+def _sid(request) -> str | None:
+    return getattr(request, "session_hash", None)
 
 
-def _parent(name):
-    with _parent_lock:  # the page's first preview and Analyze ask at once: load it once
-        if name not in _parents:
-            _parents[name] = load_parent(name)
-        return _parents[name]
+def _unexpected(e: Exception):
+    """Log a bug for the operator (every line cut short: a request's text stays out of the log), show one line."""
+    lines = traceback.format_exception(type(e), e, e.__traceback__)
+    print("".join(line[:300] + ("…\n" if len(line) > 300 else "") for line in lines)[-4000:], file=sys.stderr)
+    return gr.Error(f"something went wrong ({type(e).__name__}); the request was not completed", print_exception=False)
 
 
-def _importance(parent, data, compute=False, progress=None):
-    """From memory, else from the disk cache; measured only when compute (Analyze pressed)."""
-    if (parent, data) not in _analyses:
-        imp = analyze(_parent(parent), data, progress=progress, cached_only=not compute)
-        if imp is None:
-            return None
-        _analyses[(parent, data)] = imp
-    return _analyses[(parent, data)]
+def adapter(fn):
+    """Every callback: a SubcloneError becomes one clear line in the page (gr.Error), anything else is logged and
+    reported as one line too; never a traceback in the page, never a request's text in the log."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def run_gen(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except SubcloneError as e:
+                raise gr.Error(str(e), print_exception=False) from None
+            except gr.Error:
+                raise
+            except Exception as e:
+                raise _unexpected(e) from None
+        return run_gen
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except SubcloneError as e:
+            raise gr.Error(str(e), print_exception=False) from None
+        except gr.Error:
+            raise
+        except Exception as e:
+            raise _unexpected(e) from None
+    return run
 
 
-def _reference(parent, data):
-    """The parent's evaluation, once per (parent, data); the lock stops a second thread from redoing it."""
-    with _reference_lock:
-        if (parent, data) not in _references:
-            p = _parent(parent)
-            _references[(parent, data)] = reference(p.model, held_out(p, data), p.family.kind)
-        return _references[(parent, data)]
-
-
-def on_warm(parent, data):
-    """After Analyze, evaluate the parent in the background while the user reads the anatomy."""
-    try:
-        _reference(parent, data)
-    except SubcloneError:
-        pass  # Build reports it
-
-
-def _scale(groups) -> dict:
-    return {g: g in (groups or []) for g in SCALE_GROUPS}
-
-
-def _plan(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale, compute=False):
-    p = _parent(parent)
-    shape, notes = snap_shape(p.family, p.shape, layers, hidden, ffn, heads, kv_heads)
-    imp = _importance(parent, data, compute=compute)
-    plan = None if imp is None else make_plan(p, imp, shape, block_rule=block_rule, neuron_rule=neuron_rule,
-                                              scale=_scale(scale))
-    return p, imp, shape, notes, plan
-
-
-def _key(plan) -> str:
-    return f"{plan.shape}|{plan.block_rule}|{plan.neuron_rule}|{sorted(plan.scale.items())}"
+def _design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule="magnitude", neuron_rule="importance",
+            scale=()) -> Design:
+    """The widgets' values as one Design; a missing slider value is an error, not 'the parent's size'."""
+    for name, value in zip(SLIDERS, (layers, hidden, ffn, heads, kv_heads)):
+        if value is None:
+            raise SubcloneError(f"{name} must be a number, got nothing")
+    return Design.of(WS.limits, parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale)
 
 
 def _human(n: int) -> str:
     return f"{n / 1e6:.1f} M" if n >= 1e6 else f"{n / 1e3:.1f} K"
 
 
-def _archive(folder):
-    """Zip an exported folder: (path for the File widget, status line)."""
-    archive = export.zip_dir(folder)
-    return str(archive), f"Wrote `{archive.name}` ({archive.stat().st_size / 2**20:.0f} MB): `from_pretrained` loads " \
-                         "the unzipped folder."
+def _archive_status(archive: Path) -> str:
+    return f"Wrote `{archive.name}` ({archive.stat().st_size / 2**20:.0f} MB): `from_pretrained` loads the unzipped " \
+           "folder."
+
+
+def _gradio_progress(progress):
+    return lambda f, msg: progress(f, desc=msg)
 
 
 # ---- 1. parent and data --------------------------------------------------------------------------
 
-def on_analyze(parent, data, progress=gr.Progress()):
+@adapter
+def on_upload(file, request: gr.Request):
+    """Read the uploaded file into this session (bounded); the data box then names it as upload:<file>."""
+    if file is None:
+        return gr.skip()
+    path = Path(file if isinstance(file, str) else file.name)
     try:
-        progress(0, desc="loading parent")
-        p = _parent(parent)
-        imp = _importance(parent, data, compute=True, progress=lambda f, msg: progress(f, desc=msg))
-    except SubcloneError as e:
-        _fail(e)
+        return WS.upload(_sid(request), path)
+    finally:
+        path.unlink(missing_ok=True)  # read once: Gradio's upload copy is not kept
+
+
+@adapter
+def on_analyze(parent, data, request: gr.Request, progress=gr.Progress()):
+    progress(0, desc="loading parent")
+    p = WS.parent(parent)
+    text = WS.text(data, WS.session(_sid(request)))
+    imp = WS.importance(p, text, compute=True, progress=_gradio_progress(progress))
     s = p.shape
-    card = (f"### {parent}\n| family | layers | hidden | heads / kv heads | head dim | ffn | params |\n"
+    card = (f"### {p.display_name}\n| family | layers | hidden | heads / kv heads | head dim | ffn | params |\n"
             "|---|---|---|---|---|---|---|\n"
             f"| {p.family.name} ({p.family.kind}) | {s.layers} | {s.hidden} | {s.heads} / {s.kv_heads} | "
             f"{s.head_dim} | {s.ffn} | {_human(p.model.num_parameters())} |\n\n"
-            f"Calibrated on {imp.meta['tokens']:,} tokens of `{data}` in {imp.meta['seconds']} s (cached after the "
-            f"first time). Blocks closest to identity: {imp.magnitude.argsort()[:5].tolist()}. "
+            f"Calibrated on {imp.meta['tokens']:,} tokens of `{text.name}` in {imp.meta['seconds']} s (cached after "
+            f"the first time). Blocks closest to identity: {imp.magnitude.argsort()[:5].tolist()}. "
             "Next: look at the **Anatomy**, then **Design** a child.")
     step = s.head_dim if p.family.head_dim_from_hidden else s.heads
     return (card,
@@ -135,149 +137,102 @@ def on_analyze(parent, data, progress=gr.Progress()):
             gr.Slider(minimum=1, maximum=s.kv_heads, value=s.kv_heads, step=1, interactive=s.heads > s.kv_heads))
 
 
+def on_warm(parent, data, request: gr.Request):
+    """After Analyze, evaluate the parent in the background while the user reads the anatomy."""
+    with contextlib.suppress(SubcloneError):  # Build reports it
+        WS.reference(WS.parent(parent), WS.text(data, WS.session(_sid(request))))
+
+
 # ---- 2. anatomy and 3. design --------------------------------------------------------------------
 
-def on_preview(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule):
+def on_preview(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, request: gr.Request):
     """The live readout: sizes from the spec alone, no model built. Must stay well under 50 ms."""
     try:
-        p = _parent(parent)
-        shape, notes = snap_shape(p.family, p.shape, layers, hidden, ffn, heads, kv_heads)
-        d = describe(p, shape)
-        imp = _importance(parent, data)
-        kept = choose_layers(imp, shape.layers, block_rule) if imp is not None else None
+        d, size, kept = WS.preview(_design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule),
+                                   WS.session(_sid(request)))
     except SubcloneError as e:
         return f"⚠️ {e}", plots.block_strip(0, None)
-    lines = [f"**{_human(d['params'])} params** ({d['percent_of_parent']}% of parent) · "
-             f"{d['flops_per_token'] / 1e6:.1f} MFLOPs/token · expected speed-up ×{d['expected_speedup']}",
+    shape = d.shape
+    lines = [f"**{_human(size['params'])} params** ({size['percent_of_parent']}% of parent) · "
+             f"{size['flops_per_token'] / 1e6:.1f} MFLOPs/token · expected speed-up ×{size['expected_speedup']}",
              f"shape: {shape.layers} layers · hidden {shape.hidden} · ffn {shape.ffn} · "
              f"{shape.heads} heads / {shape.kv_heads} kv"]
-    lines += [f"snapped {n}" for n in notes]
-    return "  \n".join(lines), plots.block_strip(p.shape.layers, kept)
+    lines += [f"snapped {n}" for n in d.notes]
+    return "  \n".join(lines), plots.block_strip(d.parent.shape.layers, kept)
 
 
-def on_design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale):
+def on_design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale,
+              request: gr.Request):
     """Redraw the anatomy with what the current child drops greyed out (a separate event: figures are heavier)."""
     try:
-        p, imp, _, _, plan = _plan(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale)
+        d = WS.design(_design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale),
+                      WS.session(_sid(request)))
     except SubcloneError:
         return [gr.skip()] * 7  # the readout already says what is wrong
-    if imp is None:
+    if d.plan is None:
         return [gr.skip()] * 7
+    imp, plan = d.importance, d.plan
     residual, heads = plots.residual_map(imp, plan), plots.heads_map(imp, plan)  # shown in Anatomy and Design
     return (residual, plots.consistency_map(imp), heads, plots.ffn_map(imp, plan),
-            plots.blocks_chart(imp, _drops.get((parent, data)), plan, p.family.kind), heads, residual)
+            plots.blocks_chart(imp, WS.drop_scores(d.parent, d.text), plan, d.parent.family.kind), heads, residual)
 
 
+@adapter
 def on_drop_one(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale,
-                progress=gr.Progress()):
-    try:
-        p, imp, _, _, plan = _plan(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule,
-                                   scale, compute=True)
-        if (parent, data) not in _drops:
-            _drops[(parent, data)] = drop_one(p, held_out(p, data, seq_len=128, samples=4),
-                                              progress=lambda f, msg: progress(f, desc=msg))
-    except SubcloneError as e:
-        _fail(e)
-    return plots.blocks_chart(imp, _drops[(parent, data)], plan, p.family.kind)
+                request: gr.Request, progress=gr.Progress()):
+    design = _design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale)
+    d, scores = WS.drop_one(_sid(request), design, progress=_gradio_progress(progress))
+    return plots.blocks_chart(d.importance, scores, d.plan, d.parent.family.kind)
 
 
 # ---- 4. evaluate ---------------------------------------------------------------------------------
 
-def on_build(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale, history,
-             progress=gr.Progress()):
-    try:
-        progress(0, desc="analyzing parent")
-        t = time.perf_counter()
-        p, imp, shape, _, plan = _plan(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule,
-                                       scale, compute=True)
-        progress(0.1, desc="building child")
-        child = build(p, plan)
-        progress(0.2, desc="evaluating the parent (once per parent and data)" if (parent, data) not in _references
-                 else "evaluating child on held-out text")
-        ref = _reference(parent, data)
-        progress(0.4, desc="evaluating child on held-out text")
-        r = evaluate(child, ref, plan.residual)
-    except SubcloneError as e:
-        _fail(e)
-    _metrics[(parent, data, _key(plan))] = r
-    keys = ["params", "size_mb", "perplexity", "ms_per_token"] if p.family.kind == "causal-lm" else \
+@adapter
+def on_build(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale,
+             request: gr.Request, progress=gr.Progress()):
+    design = _design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale)
+    d, r = WS.build(_sid(request), design, progress=_gradio_progress(progress))
+    keys = ["params", "size_mb", "perplexity", "ms_per_token"] if d.parent.family.kind == "causal-lm" else \
         ["params", "size_mb", "ms_per_token"]
     rows = [dict(metric=k, parent=r.get(f"parent_{k}"), child=r[k]) for k in keys]
     rows += [dict(metric=k, parent=None, child=r[k]) for k in
              ("top1_agreement", "kl_to_parent", "cosine_to_parent", "speedup") if k in r]
-    quality = {k: r[k] for k in ("perplexity", "top1_agreement", "kl_to_parent", "cosine_to_parent") if k in r}
-    history = [*history, dict(n=len(history) + 1, parent=parent, layers=shape.layers, hidden=shape.hidden,
-                              ffn=shape.ffn, heads=shape.heads, kv_heads=shape.kv_heads, block_rule=block_rule,
-                              neuron_rule=neuron_rule, scale="+".join(g for g, on in plan.scale.items() if on) or "none",
-                              params=r["params"], **quality, ms_per_token=r["ms_per_token"], speedup=r.get("speedup"),
-                              seconds=round(time.perf_counter() - t, 1))]
-    return pd.DataFrame(rows), pd.DataFrame(history), history, (parent, child, plan)
+    return pd.DataFrame(rows), pd.DataFrame(WS.session(_sid(request)).history)
 
 
-def on_outputs(parent, prompt, built):
+@adapter
+def on_outputs(parent, prompt, request: gr.Request):
     """Parent and child side by side: generations (causal LMs) or sentence similarities (encoders)."""
-    if built is None or built[0] != parent:
-        _fail(SubcloneError("build a child of this parent first (Build & evaluate)"))
-    _, child, plan = built
-    p = _parent(parent)
-    if p.family.kind == "causal-lm":
-        if not prompt.strip():
-            _fail(SubcloneError("type a prompt first"))
-        return (f"##### parent\n**{prompt}**{generate(p.model, p.tokenizer, prompt)}",
-                f"##### child\n**{prompt}**{generate(child, p.tokenizer, prompt)}")
-    sentences = [s.strip() for s in prompt.splitlines() if s.strip()]
-    if len(sentences) < 2:
-        _fail(SubcloneError("give at least two sentences, one per line"))
-    sp, sc = similarities(p.model, p.tokenizer, sentences), similarities(child, p.tokenizer, sentences)
+    out = WS.outputs(_sid(request), parent, prompt)
+    if len(out) == 2:
+        prompt = prompt.strip()
+        return f"##### parent\n**{prompt}**{out[0]}", f"##### child\n**{prompt}**{out[1]}"
+    sentences, sp, sc = out
     head = "| sentence A | sentence B | cosine |\n|---|---|---|\n"
     pairs = [(i, j) for i in range(len(sentences)) for j in range(i + 1, len(sentences))]
-    table = lambda s: head + "\n".join(f"| {sentences[i][:40]} | {sentences[j][:40]} | {s[i, j]:.3f} |" for i, j in pairs)
+    table = lambda s: head + "\n".join(f"| {sentences[i][:40]} | {sentences[j][:40]} | {s[i, j]:.3f} |" for i, j in pairs)  # noqa: E731
     return "##### parent\n" + table(sp), "##### child\n" + table(sc)
 
 
 # ---- 5. tradeoffs --------------------------------------------------------------------------------
 
-def on_sweep(parent, data, depths, widths, heads, kv_heads, block_rule, neuron_rule, scale, progress=gr.Progress()):
-    try:
-        p = _parent(parent)
-        shapes = grid(p, parse_list(depths, "depths", int), parse_list(widths, "widths"), int(heads), int(kv_heads))
-        progress(0, desc="analyzing parent")
-        imp = _importance(parent, data, compute=True)
-        progress(0, desc="evaluating the parent (once per parent and data)")
-        ref = _reference(parent, data)
-        frame = sweep(p, imp, ref, shapes, block_rule, neuron_rule, _scale(scale),
-                      progress=lambda f, msg: progress(f, desc=msg))
-    except SubcloneError as e:
-        _fail(e)
-    csv = EXPORTS / f"sweep-{Path(parent).name}-{int(time.time())}.csv"
-    frame.to_csv(csv, index=False)
+@adapter
+def on_sweep(parent, data, depths, widths, heads, kv_heads, block_rule, neuron_rule, scale, request: gr.Request,
+             progress=gr.Progress()):
+    design = Design.of(WS.limits, parent, data, None, None, None, heads, kv_heads, block_rule, neuron_rule, scale)
+    frame, csv = WS.sweep(_sid(request), design, depths, widths, progress=_gradio_progress(progress))
     return plots.pareto_chart(frame), frame, str(csv)
 
 
 # ---- 6. export -----------------------------------------------------------------------------------
 
+@adapter
 def on_export(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale, hub_repo="",
-              hub_token="", progress=gr.Progress()):
-    try:
-        progress(0, desc="building child")
-        p, _, shape, _, plan = _plan(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule,
-                                     scale, compute=True)
-        child = build(p, plan)
-        metrics = _metrics.get((parent, data, _key(plan)))
-        if metrics is None:
-            progress(0.3, desc="evaluating (no latency)")
-            metrics = evaluate(child, _reference(parent, data), plan.residual, speed=False)
-        progress(0.6, desc="writing the folder and the zip")
-        name = f"subclone-{Path(parent).name}-{shape.layers}L-{shape.hidden}h-{shape.ffn}f-{int(time.time())}"
-        card = export.model_card(p, child, plan, data, metrics)
-        folder = export.write(child, p.tokenizer, plan, EXPORTS / name, card, extra=dict(data=data, metrics=metrics))
-        archive, status = _archive(folder)
-        if hub_repo.strip():
-            progress(0.8, desc="pushing to the Hub")
-            status += f"  \nPushed to the Hub: {export.push(folder, hub_repo.strip(), hub_token.strip())}"
-    except SubcloneError as e:
-        _fail(e)
-    return archive, status, _card_preview(card)
+              hub_token="", request: gr.Request = None, progress=gr.Progress()):
+    design = _design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale)
+    archive, card, url = WS.export(_sid(request), design, hub_repo, hub_token, progress=_gradio_progress(progress))
+    status = _archive_status(archive) + (f"  \nPushed to the Hub: {url}" if url else "")
+    return str(archive), status, _card_preview(card)
 
 
 def _card_preview(card: str) -> str:
@@ -288,79 +243,45 @@ def _card_preview(card: str) -> str:
 
 # ---- heal (recovery training) -------------------------------------------------------------------
 
+@adapter
 def on_heal(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale, steps, inits, distill,
             request: gr.Request):
     """Train the designed child from each chosen init, streaming the loss curves; Stop ends it early."""
-    try:
-        p, imp, shape, _, _ = _plan(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule,
-                                    scale, compute=True)
-        config = TrainConfig(steps=int(steps), distill=float(distill))
-        config.check()
-    except SubcloneError as e:
-        _fail(e)
-    stop = _stops[getattr(request, "session_hash", None)] = threading.Event()
-    records, box = queue.Queue(), {}
-
-    def work():
-        try:
-            box["runs"] = compare_inits(p, imp, shape, list(inits), config, data,
-                                        on_eval=lambda i, r: records.put((i, r)), should_stop=stop.is_set,
-                                        block_rule=block_rule, neuron_rule=neuron_rule, scale=_scale(scale))
-        except Exception as e:  # handed to the event below: a clear error there, or Gradio's own
-            box["error"] = e
-        finally:
-            records.put(None)
-
-    threading.Thread(target=work, daemon=True).start()
-    histories = {i: [] for i in inits}
-    yield plots.curves(histories), "preparing the training text…", gr.skip(), gr.skip(), gr.skip()
-    while (item := records.get()) is not None:
-        init, record = item
-        histories[init].append(record)
-        yield (plots.curves(histories), f"training **{init}**: step {record['step']} of {config.steps}, held-out loss "
-               f"{record['eval_loss']}", gr.skip(), gr.skip(), gr.skip())
-    if isinstance(box.get("error"), SubcloneError):
-        _fail(box["error"])
-    if "error" in box:
-        raise box["error"]
-    ref = _reference(parent, data)
-    healed = {init: (child, plan, result, evaluate(child, ref, speed=False))
-              for init, (child, plan, result) in box["runs"].items()}
-    rows = [dict(init=init, steps=result["steps"], lr=result["lr"], held_out_loss=result["eval_loss"],
-                 perplexity=r["perplexity"], parent_perplexity=r["parent_perplexity"],
-                 top1_agreement=r["top1_agreement"], kl_to_parent=r["kl_to_parent"], seconds=result["seconds"])
-            for init, (_, _, result, r) in healed.items()]
-    best = min(healed, key=lambda i: healed[i][2]["eval_loss"])
-    child, plan, _, _ = healed[best]
-    done = "stopped early" if any(h[2]["stopped"] for h in healed.values()) else "done"
-    yield (plots.curves(histories), f"{done}. Best: **{best}**; *Generate with both* in Evaluate now uses it.",
-           pd.DataFrame(rows), healed, (parent, child, plan))
+    design = _design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale)
+    histories = {i: [] for i in inits or []}
+    yield plots.curves(histories), "preparing the training text…", gr.skip()
+    with contextlib.closing(WS.heal(_sid(request), design, steps, inits, distill)) as events:
+        for kind, init, payload in events:
+            if kind == "eval":
+                histories[init].append(payload)
+                yield (plots.curves(histories), f"training **{init}**: step {payload['step']} of {int(steps)}, "
+                       f"held-out loss {payload['eval_loss']}", gr.skip())
+                continue
+            healed = payload
+            rows = [dict(init=i, steps=result["steps"], lr=result["lr"], held_out_loss=result["eval_loss"],
+                         perplexity=r["perplexity"], parent_perplexity=r["parent_perplexity"],
+                         top1_agreement=r["top1_agreement"], kl_to_parent=r["kl_to_parent"],
+                         seconds=result["seconds"]) for i, (_, _, result, r, _) in healed.items()]
+            done = "stopped early" if any(h[2]["stopped"] for h in healed.values()) else "done"
+            yield (plots.curves(histories), f"{done}. Best: **{init}**; *Generate with both* in Evaluate now uses it.",
+                   pd.DataFrame(rows))
 
 
 def on_leave(request: gr.Request):
-    """Stop this browser session's training: the Stop button, and closing or reloading the tab."""
-    event = _stops.pop(getattr(request, "session_hash", None), None)
-    if event is not None:
-        event.set()
+    """The tab was closed or reloaded (or an API client went away): end its session, jobs and files."""
+    WS.end(_sid(request))
 
 
 def on_stop(request: gr.Request):
-    on_leave(request)
+    WS.stop(_sid(request))
     return "stopping after the current step…"
 
 
-def on_export_healed(parent, data, init, healed, progress=gr.Progress()):
-    if not healed or init not in healed:
-        _fail(SubcloneError(f"train the '{init}' init first (Start in Heal)"))
-    child, plan, result, metrics = healed[init]
-    p = _parent(parent)
-    shape = p.family.read_shape(child.config)
-    name = f"subclone-{Path(parent).name}-{shape.layers}L-{shape.hidden}h-{init}-{result['steps']}steps-{int(time.time())}"
+@adapter
+def on_export_healed(parent, data, init, request: gr.Request, progress=gr.Progress()):
     progress(0.3, desc="writing the folder and the zip")
-    folder = export.write(child, p.tokenizer, plan, EXPORTS / name,
-                          export.model_card(p, child, plan, data, metrics, training=result),
-                          training=dict(parent=parent, data=data, **result))
-    return _archive(folder)
+    archive, _, _ = WS.export_healed(_sid(request), init)
+    return str(archive), _archive_status(archive)
 
 
 # ---- layout --------------------------------------------------------------------------------------
@@ -379,16 +300,14 @@ with gr.Blocks(title="subclone") as demo:
     gr.Markdown("# subclone\nMake a smaller transformer out of a larger pretrained one by **weight subcloning** "
                 "(Samragh et al., 2023): measure what matters, choose a shape, slice, evaluate, export. "
                 "New here? Start with the **Learn** tab.")
-    history = gr.State([])
-    built = gr.State(None)
-    healed = gr.State(None)
     with gr.Tabs():
         with gr.Tab("1 · Parent & data", id="parent"):
             with gr.Row():
                 parent = gr.Dropdown(list(BUILTIN), value=DEFAULT_PARENT, allow_custom_value=True, label="Parent",
-                                     info="a bundled parent, a local model directory, or a hub id (online)")
+                                     info="a bundled parent or a hub id (online); local directories when whoever "
+                                          "runs the app allows them (SUBCLONE_ALLOW_LOCAL_PATHS=1)")
                 data = gr.Textbox("builtin", label="Calibration text",
-                                  info="builtin, a .txt/.jsonl/.csv/.parquet path, or a datasets hub id (online)")
+                                  info="builtin, an uploaded file (upload:name), or a datasets hub id (online)")
                 upload = gr.File(label="…or upload a text file", file_types=[".txt", ".md", ".jsonl", ".json", ".csv",
                                                                            ".parquet"], height=90)
             analyze_btn = gr.Button("Analyze", variant="primary")
@@ -486,7 +405,7 @@ with gr.Blocks(title="subclone") as demo:
     anatomy = [fig_residual, fig_consistency, fig_heads, fig_ffn, fig_blocks, design_heads, design_residual]
     preview_in = [parent, data, *sliders, block_rule]
 
-    upload.upload(lambda f: f, upload, data, api_name=False)
+    upload.upload(on_upload, upload, data, api_name="upload")
     analyze_btn.click(on_analyze, [parent, data], [card, *sliders], api_name="analyze").then(
         on_preview, preview_in, [readout, strip], api_name=False).then(
         on_design, design_in, anatomy, api_name=False).then(
@@ -498,20 +417,20 @@ with gr.Blocks(title="subclone") as demo:
     demo.load(on_preview, preview_in, [readout, strip], api_name=False).then(
         on_design, design_in, anatomy, api_name=False)
     drop_btn.click(on_drop_one, design_in, fig_blocks, api_name="drop_one")
-    build_btn.click(on_build, [*design_in, history], [results, history_table, history, built], api_name="build")
-    outputs_btn.click(on_outputs, [parent, prompt, built], [parent_out, child_out], api_name="outputs")
+    build_btn.click(on_build, design_in, [results, history_table], api_name="build")
+    outputs_btn.click(on_outputs, [parent, prompt], [parent_out, child_out], api_name="outputs")
     sweep_btn.click(on_sweep, [parent, data, depths, widths, heads, kv_heads, block_rule, neuron_rule, scale],
                     [fig_pareto, sweep_table, sweep_csv], api_name="sweep")
-    heal_btn.click(on_heal, [*design_in, steps, inits, distill], [fig_curves, heal_status, heal_table, healed, built],
+    heal_btn.click(on_heal, [*design_in, steps, inits, distill], [fig_curves, heal_status, heal_table],
                    api_name="heal")
     stop_btn.click(on_stop, None, heal_status, api_name="stop")
     demo.unload(on_leave)
-    healed_btn.click(on_export_healed, [parent, data, healed_init, healed], [healed_file, healed_status],
+    healed_btn.click(on_export_healed, [parent, data, healed_init], [healed_file, healed_status],
                      api_name="export_trained")
     export_btn.click(on_export, [*design_in, hub_repo, hub_token], [export_file, export_status, export_card],
                      api_name="export")
 
 if __name__ == "__main__":
-    demo.queue(default_concurrency_limit=1).launch(
+    demo.queue(default_concurrency_limit=1, max_size=64).launch(
         server_name=os.environ.get("HOST"), server_port=int(os.environ["PORT"]) if "PORT" in os.environ else None,
-        css=CSS, allowed_paths=[str(EXPORTS)])
+        css=CSS, max_file_size=f"{WS.limits.max_upload_mb:g}mb")

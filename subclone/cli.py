@@ -16,6 +16,8 @@ import sys
 import warnings
 
 from .errors import SubcloneError
+from .limits import int_arg, text_arg
+from .plan import DEFAULT_SCALE
 from .train import INITS
 
 
@@ -86,15 +88,29 @@ def _analysis_summary(parent, imp) -> dict:
                 layer_consistency=round(imp.layer_consistency().mean().item(), 3))
 
 
+def _workspace():
+    from .limits import Limits
+    from .workspace import Workspace
+
+    return Workspace(Limits.local())
+
+
+def _design(ws, args):
+    from .workspace import Design
+
+    return Design.of(ws.limits, args.parent, args.data, args.layers, args.hidden, args.ffn, args.heads, args.kv_heads,
+                     args.block_rule, args.neuron_rule, () if args.no_scale else tuple(k for k, on in
+                                                                                       DEFAULT_SCALE.items() if on))
+
+
 def cmd_analyze(args) -> dict:
-    from . import analyze, load_parent
+    from .export import check_writable
 
+    ws = _workspace()
     if args.out:
-        from .export import check_writable
-
         check_writable(args.out)
-    parent = load_parent(args.parent)
-    imp = analyze(parent, args.data)
+    parent = ws.parent(args.parent)
+    imp = ws.importance(parent, ws.text(args.data), compute=True)
     summary = _analysis_summary(parent, imp)
     if args.out:
         from pathlib import Path
@@ -105,19 +121,24 @@ def cmd_analyze(args) -> dict:
 
 
 def cmd_clone(args) -> dict:
-    from . import analyze, build, load_parent, make_plan, resolve_shape
+    from . import build, make_plan, resolve_shape
     from .export import check_writable, model_card, write
 
+    ws = _workspace()
+    design = _design(ws, args)
+    int_arg(args.seed, "seed", 0, 2**32 - 1)
     check_writable(args.out)
-    parent = load_parent(args.parent)
+    parent = ws.parent(design.parent)
+    check_writable(args.out, protect=[parent.source])
     shape = resolve_shape(parent.family, parent.shape, layers=args.layers, hidden=args.hidden, ffn=args.ffn,
                           heads=args.heads, kv_heads=args.kv_heads)
-    imp = analyze(parent, args.data)
-    plan = make_plan(parent, imp, shape, block_rule=args.block_rule, neuron_rule=args.neuron_rule,
+    text = ws.text(design.data)
+    imp = ws.importance(parent, text, compute=True)
+    plan = make_plan(parent, imp, shape, block_rule=design.block_rule, neuron_rule=design.neuron_rule,
                      scale=False if args.no_scale else None, seed=args.seed)
     child = build(parent, plan)
-    write(child, parent.tokenizer, plan, args.out, model_card(parent, child, plan, args.data),
-          extra=dict(data=args.data, parent_params=parent.model.num_parameters()))
+    write(child, parent.tokenizer, plan, args.out, model_card(parent, child, plan, text),
+          extra=dict(data=text.name, parent_params=parent.model.num_parameters()), protect=[parent.source])
     return dict(out=args.out, parent=parent.name, shape=plan.shape.to_dict(), layers=plan.layers,
                 params=plan.params, parent_params=parent.model.num_parameters(),
                 flops_per_token=plan.flops_per_token, block_rule=plan.block_rule, neuron_rule=plan.neuron_rule,
@@ -133,50 +154,66 @@ def cmd_eval(args) -> dict:
     from .arch import family_for
     from .evaluate import evaluate, held_out, reference
     from .export import read_plan
-    from .parents import auto_class, load_parent
+    from .parents import auto_class, _check_no_remote_code, _check_safetensors
 
-    model_dir = Path(args.model)
+    ws = _workspace()
+    model_dir = Path(text_arg(args.model, "--model", 4096))
     if not (model_dir / "config.json").exists():
         raise SubcloneError(f"'{args.model}' is not a model directory (no config.json); give a directory written by clone")
-    record = read_plan(model_dir) or {}
+    _check_no_remote_code(model_dir, args.model)
+    _check_safetensors(model_dir, args.model)
+    try:
+        record = read_plan(model_dir) or {}
+    except ValueError:
+        raise SubcloneError(f"'{args.model}': subclone.json is not valid JSON") from None
     parent_name = args.parent or record.get("parent")
-    if not parent_name:
+    if not parent_name or not isinstance(parent_name, str):
         raise SubcloneError(f"'{args.model}' has no subclone.json naming its parent; give --parent")
     family = family_for(AutoConfig.from_pretrained(model_dir))
-    child = auto_class(family).from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True).eval()
-    parent = load_parent(parent_name)
+    try:
+        child = auto_class(family).from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True).eval()
+    except (OSError, ValueError) as e:
+        raise SubcloneError(f"cannot load '{args.model}': {str(e).splitlines()[0][:200]}") from None
+    parent = ws.parent(parent_name)
     if parent.family.kind != family.kind:
         raise SubcloneError(f"the child is a {family.name} model but parent '{parent_name}' is {parent.family.name}")
-    ref = reference(parent.model, held_out(parent, args.data), family.kind, speed=not args.no_speed)
-    result = evaluate(child, ref, residual=record.get("residual"), speed=not args.no_speed)
+    ref = reference(parent.model, held_out(parent, ws.text(args.data)), family.kind, speed=not args.no_speed)
+    residual = record.get("residual")
+    result = evaluate(child, ref, residual=residual if isinstance(residual, list) else None, speed=not args.no_speed)
     return dict(model=str(model_dir), parent=parent.name, **result)
 
 
 def cmd_train(args) -> dict | None:
-    from . import analyze, load_parent, resolve_shape
+    from . import resolve_shape
     from .export import check_writable, model_card, write
     from .train import TrainConfig, end_processes, init_child, is_main_process, text_tokens, train
+    from .workspace import max_positions
 
+    ws = _workspace()
+    design = _design(ws, args)
     config = TrainConfig(steps=args.steps, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size,
                          seq_len=args.seq_len, distill=args.distill, eval_every=args.eval_every, seed=args.seed,
                          mixed_precision=args.mixed_precision)
-    config.check()
+    config.check(ws.limits)
     check_writable(args.out)
-    parent = load_parent(args.parent)
+    parent = ws.parent(design.parent)
+    config.check(ws.limits, max_positions(parent))
+    check_writable(args.out, protect=[parent.source])
     shape = resolve_shape(parent.family, parent.shape, layers=args.layers, hidden=args.hidden, ffn=args.ffn,
                           heads=args.heads, kv_heads=args.kv_heads)
-    imp = analyze(parent, args.data) if args.init != "random" else None
-    child, plan = init_child(parent, imp, shape, args.init, seed=args.seed, block_rule=args.block_rule,
-                             neuron_rule=args.neuron_rule, scale=False if args.no_scale else None)
-    train_tokens, eval_tokens = text_tokens(parent, args.data, args.seq_len)
+    text = ws.text(design.data)
+    imp = ws.importance(parent, text, compute=True) if args.init != "random" else None
+    child, plan = init_child(parent, imp, shape, args.init, seed=args.seed, block_rule=design.block_rule,
+                             neuron_rule=design.neuron_rule, scale=False if args.no_scale else None)
+    train_tokens, eval_tokens = text_tokens(parent, text, args.seq_len)
     child, result = train(child, train_tokens, eval_tokens, config, init=args.init,
                           teacher=parent.model if args.distill > 0 else None)
     try:
         if not is_main_process():
             return None  # rank 0 saves and reports
-        record = dict(parent=parent.name, data=args.data, **result)
-        write(child, parent.tokenizer, plan, args.out, model_card(parent, child, plan, args.data, training=record),
-              training=record)
+        record = dict(parent=parent.name, data=text.name, **result)
+        write(child, parent.tokenizer, plan, args.out, model_card(parent, child, plan, text, training=record),
+              training=record, protect=[parent.source])
         return dict(out=args.out, parent=parent.name, shape=shape.to_dict(), params=child.num_parameters(), **result)
     finally:
         end_processes()
@@ -198,6 +235,12 @@ def main(argv=None) -> int:
     except SubcloneError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # a bug, not bad input: still one line, with the traceback on request
+        if os.environ.get("SUBCLONE_DEBUG"):
+            raise
+        print(f"error: unexpected {type(e).__name__}: {str(e)[:200]} (SUBCLONE_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 1
     if result is not None:
         print(json.dumps(result))
     return 0

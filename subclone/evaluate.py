@@ -140,12 +140,11 @@ def evaluate(child, ref: Reference, residual: list[int] | None = None, speed: bo
     return out
 
 
-def held_out(parent, data: str = "builtin", seq_len: int = 256, samples: int = 8) -> Tokens:
-    """Evaluation tokens: the held-out split of `data`, never seen by calibration."""
-    from . import data as data_mod
+def held_out(parent, data="builtin", seq_len: int = 256, samples: int = 8) -> Tokens:
+    """Evaluation tokens: the held-out split of `data` (a Text or a spec), never seen by calibration."""
+    from .data import as_text
 
-    _, text = data_mod.split(data_mod.load_text(data))
-    return parent.tokenize(text, seq_len, samples, "held-out evaluation")
+    return parent.tokenize(as_text(data).held_out, seq_len, samples, "held-out evaluation")
 
 
 # ---- looking at outputs ---------------------------------------------------------------------------

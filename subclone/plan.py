@@ -74,19 +74,25 @@ def _rule(table: dict, name: str, what: str):
 
 
 def parse_block_list(text: str, n_layers: int) -> list[int] | None:
-    """'0-11,20,25-29' -> sorted indices; None when text is a rule name instead."""
+    """'0-11,20,25-29' -> sorted indices; None when text is a rule name instead. Every index is checked against
+    the parent's depth before any range is made, so '0-99999999999' costs nothing."""
     if not text or not (text[0].isdigit()):
         return None
     out = set()
-    try:
-        for part in text.split(","):
-            lo, _, hi = part.strip().partition("-")
-            out.update(range(int(lo), int(hi or lo) + 1))
-    except ValueError:
-        raise SubcloneError(f"cannot read block list '{text}': write indices and ranges like 0-11,20,25-29") from None
-    bad = [i for i in out if not 0 <= i < n_layers]
-    if bad:
-        raise SubcloneError(f"block list '{text}' names block {bad[0]}; the parent has blocks 0-{n_layers - 1}")
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        if not (lo.isdigit() and (hi.isdigit() or not hi)) or len(lo) > 6 or len(hi) > 6:
+            if lo.isdigit() and (hi.isdigit() or not hi):  # digits, just far too many
+                raise SubcloneError(f"block list '{text[:40]}' names a block beyond the parent's "
+                                    f"blocks 0-{n_layers - 1}")
+            raise SubcloneError(f"cannot read block list '{text[:40]}': write indices and ranges like 0-11,20,25-29")
+        lo, hi = int(lo), int(hi or lo)
+        for i in (lo, hi):
+            if not 0 <= i < n_layers:
+                raise SubcloneError(f"block list '{text[:40]}' names block {i}; the parent has blocks 0-{n_layers - 1}")
+        if hi < lo:
+            raise SubcloneError(f"block list '{text[:40]}' has the range {lo}-{hi}, which runs backwards; write {hi}-{lo}")
+        out.update(range(lo, hi + 1))
     return sorted(out)
 
 

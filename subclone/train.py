@@ -25,6 +25,7 @@ import torch.nn.functional as nnf
 from .data import Tokens
 from .errors import SubcloneError
 from .evaluate import mean_loss
+from .limits import Limits, float_arg, int_arg
 
 INITS = ("subclone", "uniform", "random")
 # The paper trains subcloned children with a low learning rate and small weight decay; random init wants more.
@@ -47,15 +48,23 @@ class TrainConfig:
     seed: int = 0
     mixed_precision: str | None = None  # "no", "fp16", "bf16" (GPUs); None: what the launcher says, else fp32
 
-    def check(self) -> None:
-        if self.steps < 1:
-            raise SubcloneError(f"steps must be at least 1, got {self.steps}")
-        if self.batch_size < 1 or self.seq_len < 2:
-            raise SubcloneError("batch size must be at least 1 and sequence length at least 2")
-        if self.lr is not None and not 0 < self.lr < 1:
-            raise SubcloneError(f"learning rate {self.lr} is out of range (0, 1)")
-        if self.distill < 0:
-            raise SubcloneError(f"distillation weight must be ≥ 0, got {self.distill}")
+    def check(self, limits: Limits | None = None, max_positions: int | None = None) -> None:
+        """Refuse settings that would fail late or save a broken model (NaN, inf, negative, out of bounds)."""
+        limits = limits or Limits.local()
+        int_arg(self.steps, "steps", 1, limits.max_steps)
+        int_arg(self.batch_size, "batch size", 1, 65_536)
+        int_arg(self.seq_len, "sequence length", 2, min(limits.max_seq_len, max_positions or limits.max_seq_len))
+        int_arg(self.seed, "seed", 0, 2**32 - 1)
+        if self.eval_every is not None:
+            int_arg(self.eval_every, "eval every", 1, 10**9)
+        int_arg(self.eval_batches, "eval batches", 1, 10**6)
+        if self.lr is not None:
+            float_arg(self.lr, "learning rate", 0, 1, lo_open=True)
+        if self.weight_decay is not None:
+            float_arg(self.weight_decay, "weight decay", 0, 10)
+        float_arg(self.distill, "distillation weight", 0, 100)
+        float_arg(self.warmup, "warm-up fraction", 0, 1)
+        float_arg(self.clip, "gradient clipping", 0, 1e6, lo_open=True)
         if self.mixed_precision not in (None, "no", "fp16", "bf16"):
             raise SubcloneError(f"mixed precision '{self.mixed_precision}' is not one of no, fp16, bf16")
 
@@ -205,13 +214,14 @@ def end_processes() -> None:
     state.destroy_process_group()
 
 
-def text_tokens(parent, data: str, seq_len: int, eval_sequences: int = 32) -> tuple[Tokens, Tokens]:
-    """(training, held-out) token chunks of `data`: the calibration split trains, the held-out split evaluates."""
-    from . import data as data_mod
+def text_tokens(parent, data, seq_len: int, eval_sequences: int = 32) -> tuple[Tokens, Tokens]:
+    """(training, held-out) token chunks of `data` (a Text or a spec): the calibration split trains, the held-out
+    split evaluates."""
+    from .data import as_text
 
-    train_text, held_text = data_mod.split(data_mod.load_text(data))
-    return (parent.tokenize(train_text, seq_len, 10**9, "training"),
-            parent.tokenize(held_text, seq_len, eval_sequences, "held-out evaluation"))
+    text = as_text(data)
+    return (parent.tokenize(text.calibration, seq_len, 10**9, "training"),
+            parent.tokenize(text.held_out, seq_len, eval_sequences, "held-out evaluation"))
 
 
 def compare_inits(parent, importance, shape, inits, config: TrainConfig, data: str = "builtin",

@@ -1,5 +1,7 @@
 """Tiny random models of every supported family, built in the tests (no download)."""
+import contextlib
 import os
+import tempfile
 
 import pytest
 import torch
@@ -9,6 +11,8 @@ from transformers import AutoModel, AutoModelForCausalLM
 from subclone.arch import family_for
 from subclone.parents import Parent
 
+# Tests leave no trace: their own cache (converted parents, importance records), never the user's.
+os.environ["SUBCLONE_HOME"] = tempfile.mkdtemp(prefix="subclone-test-home-")
 transformers.utils.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -84,6 +88,13 @@ def tiny_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def app_url():
     """The app, launched as `make run` does, on a free port; shared by the API and browser tests."""
+    with launch_app({"SUBCLONE_MAX_STEPS": str(10**6)}) as (url, _):  # a run that outlasts its session
+        yield url
+
+
+@contextlib.contextmanager
+def launch_app(extra_env: dict | None = None):
+    """Run app.py on a free port; yields (url, process)."""
     import socket
     import subprocess
     import sys
@@ -95,8 +106,9 @@ def app_url():
         port = s.getsockname()[1]
     root = Path(__file__).resolve().parent.parent
     log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"subclone-app-{port}.log", "w")
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=root, env={**os.environ, "PORT": str(port)},
-                            stdout=log, stderr=subprocess.STDOUT)
+    # The tests use a tiny local parent, so this app allows local paths (a public Space does not).
+    env = {**os.environ, "PORT": str(port), "SUBCLONE_ALLOW_LOCAL_PATHS": "1", **(extra_env or {})}
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         for _ in range(180):
             try:
@@ -105,7 +117,7 @@ def app_url():
             except OSError:
                 assert proc.poll() is None, f"the app exited during start-up; see {log.name}"
                 time.sleep(1)
-        yield f"http://127.0.0.1:{port}/"
+        yield f"http://127.0.0.1:{port}/", proc
     finally:
         proc.terminate()
         proc.wait(timeout=30)

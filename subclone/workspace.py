@@ -1,0 +1,551 @@
+"""What a running app (or one CLI run) holds, in one place, bounded: the step between the UI and the library.
+
+A `Workspace` (one per process) keeps what is slow and shared, keyed by normalized names so that " builtin" and
+"builtin" are one entry:
+- parents and their evaluations (`Reference`, ~400 MB for SmolLM2): least recently used dropped first once they
+  take more than `Limits.memory_mb`;
+- importance records and drop-one scores (small; importance is also cached on disk);
+- texts (a spec -> `Text`, the one definition of the calibration / held-out split).
+
+A `Session` (one per browser tab or API client) keeps its own work: uploads, the last built child, metrics and
+history, trained children, exports in its own folder, and its running jobs. `end()` (the tab closed, the client
+went away) or `session_ttl_s` of idleness stops its jobs and deletes its files. Every request is a `Design` (one
+value) checked against the limits before anything is allocated; bad input raises `SubcloneError`.
+"""
+from __future__ import annotations
+
+import contextlib
+import queue
+import shutil
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from . import export
+from .clone import build
+from .data import TEXT_SUFFIXES, Text, load, read_file
+from .errors import SubcloneError
+from .evaluate import Reference, evaluate, generate, held_out, reference, similarities
+from .importance import Importance, analyze, drop_one
+from .limits import Limits, float_arg, int_arg, text_arg
+from .parents import BUILTIN, DEFAULT_PARENT, Parent, load_parent
+from .plan import NEURON_RULES, SCALE_GROUPS, Plan, choose_layers, describe, make_plan, snap_shape
+from .sweep import grid, parse_list, sweep
+from .train import INITS, TrainConfig, compare_inits
+
+Progress = Callable[[float, str], None]
+UPLOAD = "upload:"
+KEEP_EXPORTS = 2  # per session: older archives are deleted when a new one is written
+KEEP_HISTORY = 200
+
+
+class Cancelled(SubcloneError):
+    """A job was stopped: by its Stop button, or because its session ended."""
+
+
+@dataclass(frozen=True)
+class Design:
+    """One request for a child: the parent, the text, the target sizes, and the rules. Checked on creation."""
+
+    parent: str = DEFAULT_PARENT
+    data: str = "builtin"
+    layers: int | None = None  # None: the parent's
+    hidden: int | None = None
+    ffn: int | None = None
+    heads: int | None = None
+    kv_heads: int | None = None
+    block_rule: str = "magnitude"
+    neuron_rule: str = "importance"
+    scale: tuple[str, ...] = ("residual", "embed")
+
+    @classmethod
+    def of(cls, limits: Limits, parent, data, layers=None, hidden=None, ffn=None, heads=None, kv_heads=None,
+           block_rule="magnitude", neuron_rule="importance", scale=("residual", "embed")) -> "Design":
+        """A Design from untrusted values (widgets, API calls): anything odd is a clear error, not a traceback."""
+        # only the type and a sanity bound here: the shape rules (and their nearest valid values) come later
+        size = lambda v, what: None if v is None else int_arg(v, what, 0, 10**6)  # noqa: E731
+        if isinstance(scale, str):
+            scale = [scale]
+        if scale is not None and not isinstance(scale, (list, tuple)):
+            raise SubcloneError(f"scale must be a list of groups ({', '.join(SCALE_GROUPS)})")
+        for g in scale or ():
+            if g not in SCALE_GROUPS:
+                raise SubcloneError(f"unknown scaling group '{str(g)[:40]}'. Available: {', '.join(SCALE_GROUPS)}")
+        neuron_rule = text_arg(neuron_rule, "the neuron rule", limits.max_spec_chars)
+        if neuron_rule not in NEURON_RULES:
+            raise SubcloneError(f"unknown neuron rule '{neuron_rule[:40]}'. Available: {', '.join(NEURON_RULES)}")
+        return cls(parent=text_arg(parent, "the parent", limits.max_spec_chars),
+                   data=text_arg(data or "builtin", "the data spec", limits.max_spec_chars),
+                   layers=size(layers, "layers"), hidden=size(hidden, "hidden"), ffn=size(ffn, "ffn"),
+                   heads=size(heads, "heads"), kv_heads=size(kv_heads, "kv heads"),
+                   block_rule=text_arg(block_rule, "the block rule", limits.max_spec_chars),
+                   neuron_rule=neuron_rule, scale=tuple(g for g in SCALE_GROUPS if g in (scale or ())))
+
+    @property
+    def scale_choice(self) -> dict:
+        return {g: g in self.scale for g in SCALE_GROUPS}
+
+
+@dataclass
+class Designed:
+    """A Design made concrete: the parent, the text, the snapped shape and (once importance exists) the plan."""
+
+    parent: Parent
+    text: Text
+    shape: object
+    notes: list[str]
+    importance: Importance | None
+    plan: Plan | None
+    key: tuple  # identifies the child: the same key, the same weights
+
+
+@dataclass(eq=False)  # each job is itself: hashable by identity
+class Job:
+    """A long piece of work (build, sweep, drop-one, training) that its session can stop."""
+
+    name: str
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def check(self) -> None:
+        if self.stop.is_set():
+            raise Cancelled(f"{self.name} was stopped")
+
+
+@dataclass
+class Session:
+    id: str
+    folder: Path  # this session's exports and CSVs, deleted with it
+    seen: float = field(default_factory=time.monotonic)
+    uploads: dict = field(default_factory=dict)  # spec -> Text
+    history: list = field(default_factory=list)  # one row per child built
+    metrics: OrderedDict = field(default_factory=OrderedDict)  # Designed.key -> metrics
+    built: tuple | None = None  # (parent key, child, plan) of the last child built or trained
+    healed: dict = field(default_factory=dict)  # init -> (child, plan, result, metrics, parent key, text)
+    jobs: set = field(default_factory=set)
+    ended: bool = False
+
+    @contextlib.contextmanager
+    def job(self, name: str) -> Iterator[Job]:
+        if self.ended:
+            raise Cancelled("this session has ended; reload the page")
+        job = Job(name)
+        self.jobs.add(job)
+        try:
+            yield job
+        finally:
+            self.jobs.discard(job)
+
+    def stop_jobs(self) -> int:
+        jobs = list(self.jobs)
+        for j in jobs:
+            j.stop.set()
+        return len(jobs)
+
+    def files(self, pattern: str) -> list[Path]:
+        return sorted(self.folder.glob(pattern), key=lambda p: p.stat().st_mtime)
+
+
+def _nbytes(obj) -> int:
+    import torch
+
+    if isinstance(obj, Parent):
+        return sum(p.numel() * p.element_size() for p in {id(p): p for p in obj.model.parameters()}.values())
+    if isinstance(obj, Reference):
+        tensors = [*(obj.logp or []), *(obj.top1 or []), *([obj.pooled] if obj.pooled is not None else [])]
+        return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+    return 0
+
+
+def _progress(job: Job, progress: Progress | None) -> Progress:
+    """A progress callback that also ends the work when the job is stopped."""
+    def report(fraction: float, message: str) -> None:
+        job.check()
+        if progress:
+            progress(fraction, message)
+    return report
+
+
+class Workspace:
+    def __init__(self, limits: Limits | None = None, folder: Path | str | None = None):
+        self.limits = limits or Limits.space()
+        self.folder = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="subclone-sessions-"))
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._heavy: OrderedDict = OrderedDict()  # key -> (value, bytes): parents and references
+        self._small: OrderedDict = OrderedDict()  # key -> value: importance, drop-one scores, texts
+        self._making: dict = {}  # key -> Lock: one thread makes an entry, the others wait for it
+        self._sessions: dict[str, Session] = {}
+
+    # ---- shared, bounded caches -------------------------------------------------------------------
+
+    def _once(self, key, make: Callable, heavy: bool):
+        with self._lock:
+            table = self._heavy if heavy else self._small
+            if key in table:
+                table.move_to_end(key)
+                return table[key][0] if heavy else table[key]
+            lock = self._making.setdefault(key, threading.Lock())
+        with lock:
+            with self._lock:
+                table = self._heavy if heavy else self._small
+                if key in table:
+                    return table[key][0] if heavy else table[key]
+            value = make()
+            with self._lock:
+                if heavy:
+                    self._heavy[key] = (value, _nbytes(value))
+                    self._evict(keep=key)
+                else:
+                    self._small[key] = value
+                    while len(self._small) > 64:
+                        self._small.popitem(last=False)
+                self._making.pop(key, None)
+            return value
+
+    def _evict(self, keep) -> None:
+        while self.memory_bytes > self.limits.memory_mb * 2**20 and len(self._heavy) > 1:
+            oldest = next(k for k in self._heavy if k != keep)
+            del self._heavy[oldest]
+
+    @property
+    def memory_bytes(self) -> int:
+        """What the shared parents and parent evaluations take, counted against Limits.memory_mb."""
+        with self._lock:
+            return sum(size for _, size in self._heavy.values())
+
+    def cached(self) -> list:
+        """The keys of the shared entries, least recently used first (for tests and the operator)."""
+        with self._lock:
+            return [*self._heavy, *self._small]
+
+    def parent_key(self, name: str) -> str:
+        name = text_arg(name, "the parent", self.limits.max_spec_chars)
+        return name.lower() if name.lower() in BUILTIN else name
+
+    def parent(self, name: str) -> Parent:
+        key = self.parent_key(name)
+        return self._once(("parent", key), lambda: load_parent(key, self.limits), heavy=True)
+
+    def text(self, spec: str, session: Session | None = None) -> Text:
+        spec = text_arg(spec or "builtin", "the data spec", self.limits.max_spec_chars)
+        if spec.startswith(UPLOAD):
+            if session is None or spec not in session.uploads:
+                raise SubcloneError(f"'{spec[:60]}' is not an upload of this session: upload the file again "
+                                    "(uploads are kept only while the page is open)")
+            return session.uploads[spec]
+        key = spec.lower() if spec.lower() == "builtin" else spec
+        return self._once(("text", key), lambda: load(key, self.limits), heavy=False)
+
+    def importance(self, parent: Parent, text: Text, compute: bool = False,
+                   progress: Progress | None = None) -> Importance | None:
+        """From memory, else from the disk cache; measured only when compute."""
+        key = ("importance", parent.fingerprint, text.digest)
+        with self._lock:
+            if key in self._small:
+                return self._small[key]
+        imp = analyze(parent, text, progress=progress, cached_only=not compute)
+        if imp is not None:
+            with self._lock:
+                self._small[key] = imp
+        return imp
+
+    def reference(self, parent: Parent, text: Text) -> Reference:
+        """The parent's evaluation on the held-out split, once per (parent, text)."""
+        return self._once(("reference", parent.fingerprint, text.digest),
+                          lambda: reference(parent.model, held_out(parent, text), parent.family.kind), heavy=True)
+
+    def has_reference(self, parent: Parent, text: Text) -> bool:
+        with self._lock:
+            return ("reference", parent.fingerprint, text.digest) in self._heavy
+
+    def drop_scores(self, parent: Parent, text: Text, compute: bool = False, progress: Progress | None = None):
+        key = ("drop-one", parent.fingerprint, text.digest)
+        with self._lock:
+            if key in self._small or not compute:
+                return self._small.get(key)
+        return self._once(key, lambda: drop_one(parent, held_out(parent, text, seq_len=128, samples=4),
+                                                progress=progress), heavy=False)
+
+    # ---- sessions ---------------------------------------------------------------------------------
+
+    def session(self, session_id: str | None) -> Session:
+        """This client's session (made on first use); ends the sessions idle past their time-to-live."""
+        sid = str(session_id or "local")[:128]
+        self.expire()
+        with self._lock:
+            s = self._sessions.get(sid)
+            if s is None:
+                folder = self.folder / "".join(c if c.isalnum() else "_" for c in sid)
+                folder.mkdir(parents=True, exist_ok=True)
+                s = self._sessions[sid] = Session(sid, folder)
+            s.seen = time.monotonic()
+            return s
+
+    def end(self, session_id: str | None) -> None:
+        """The client went away: stop its jobs, forget its children, delete its files."""
+        with self._lock:
+            s = self._sessions.pop(str(session_id or "local")[:128], None)
+        if s is not None:
+            s.ended = True
+            s.stop_jobs()
+            s.built, s.healed, s.uploads = None, {}, {}
+            s.metrics.clear()
+            shutil.rmtree(s.folder, ignore_errors=True)
+
+    def expire(self, now: float | None = None) -> list[str]:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            old = [sid for sid, s in self._sessions.items() if now - s.seen > self.limits.session_ttl_s]
+        for sid in old:
+            self.end(sid)
+        return old
+
+    def sessions(self) -> list[str]:
+        with self._lock:
+            return list(self._sessions)
+
+    def stop(self, session_id: str | None) -> int:
+        """Stop this session's running jobs (the Stop button); returns how many were running."""
+        with self._lock:
+            s = self._sessions.get(str(session_id or "local")[:128])
+        return s.stop_jobs() if s else 0
+
+    def upload(self, session_id: str | None, path, filename: str | None = None) -> str:
+        """Read an uploaded text file (bounded) into the session; returns the data spec that names it."""
+        s = self.session(session_id)
+        path = Path(path)
+        name = Path(filename or path.name).name[:80] or "upload.txt"
+        if not name.lower().endswith(TEXT_SUFFIXES):
+            raise SubcloneError(f"upload '{name}' is not a text file: use {', '.join(TEXT_SUFFIXES)}")
+        size = path.stat().st_size
+        if size > self.limits.max_upload_mb * 2**20:
+            raise SubcloneError(f"upload '{name}' is {size / 2**20:.1f} MB; at most {self.limits.max_upload_mb:g} MB")
+        text = read_file(path, self.limits.max_text_chars, name)
+        spec = f"{UPLOAD}{name}"
+        s.uploads[spec] = Text(spec, text)
+        return spec
+
+    # ---- the steps, as the app and the CLI call them ----------------------------------------------
+
+    def design(self, design: Design, session: Session | None = None, compute: bool = False,
+               progress: Progress | None = None) -> Designed:
+        """Parent, text, snapped shape, and the plan when importance exists (measured only when compute)."""
+        parent = self.parent(design.parent)
+        shape, notes = snap_shape(parent.family, parent.shape, design.layers or parent.shape.layers,
+                                  design.hidden or parent.shape.hidden, design.ffn or parent.shape.ffn,
+                                  design.heads or parent.shape.heads, design.kv_heads or parent.shape.kv_heads)
+        text = self.text(design.data, session)
+        imp = self.importance(parent, text, compute=compute, progress=progress)
+        plan = None if imp is None else make_plan(parent, imp, shape, block_rule=design.block_rule,
+                                                  neuron_rule=design.neuron_rule, scale=design.scale_choice)
+        key = (self.parent_key(design.parent), text.digest, shape, design.block_rule, design.neuron_rule, design.scale)
+        return Designed(parent, text, shape, notes, imp, plan, key)
+
+    def preview(self, design: Design, session: Session | None = None) -> tuple[Designed, dict, list[int] | None]:
+        """Sizes of the designed child (instant: nothing is built) and the blocks it keeps, when analyzed."""
+        d = self.design(design, session)
+        kept = choose_layers(d.importance, d.shape.layers, design.block_rule) if d.importance is not None else None
+        return d, describe(d.parent, d.shape), kept
+
+    def build(self, session_id: str | None, design: Design, progress: Progress | None = None) -> tuple[Designed, dict]:
+        """Build the child and evaluate it against the parent; it becomes the session's current child."""
+        s = self.session(session_id)
+        with s.job("building the child") as job:
+            step = _progress(job, progress)
+            step(0.0, "analyzing the parent")
+            t = time.perf_counter()
+            d = self.design(design, s, compute=True, progress=step)
+            step(0.1, "building the child")
+            child = build(d.parent, d.plan)
+            first = not self.has_reference(d.parent, d.text)
+            step(0.2, "evaluating the parent (once per parent and text)" if first else "evaluating the child")
+            ref = self.reference(d.parent, d.text)
+            step(0.4, "evaluating the child on held-out text")
+            metrics = evaluate(child, ref, d.plan.residual)
+            job.check()
+        s.metrics[d.key] = metrics
+        while len(s.metrics) > 32:
+            s.metrics.popitem(last=False)
+        s.built = (d.key[0], child, d.plan)
+        quality = {k: metrics[k] for k in ("perplexity", "top1_agreement", "kl_to_parent", "cosine_to_parent")
+                   if k in metrics}
+        s.history = [*s.history, dict(n=len(s.history) + 1, parent=design.parent, **_sizes(d.shape),
+                                      block_rule=design.block_rule, neuron_rule=design.neuron_rule,
+                                      scale="+".join(design.scale) or "none", params=metrics["params"], **quality,
+                                      ms_per_token=metrics["ms_per_token"], speedup=metrics.get("speedup"),
+                                      seconds=round(time.perf_counter() - t, 1))][-KEEP_HISTORY:]
+        return d, metrics
+
+    def outputs(self, session_id: str | None, parent: str, prompt) -> tuple[str, str] | tuple[list, object, object]:
+        """Parent and the session's child on the same input: greedy continuations (causal LMs), or the cosine
+        similarity matrices of the sentences (encoders)."""
+        s = self.session(session_id)
+        prompt = text_arg(prompt, "the prompt", self.limits.max_prompt_chars)
+        if s.built is None or s.built[0] != self.parent_key(parent):
+            raise SubcloneError("build a child of this parent first (Build & evaluate)")
+        p, (_, child, plan) = self.parent(parent), s.built
+        if p.family.kind == "causal-lm":
+            return generate(p.model, p.tokenizer, prompt), generate(child, p.tokenizer, prompt)
+        sentences = [x.strip() for x in prompt.splitlines() if x.strip()][:16]
+        if len(sentences) < 2:
+            raise SubcloneError("give at least two sentences, one per line")
+        return sentences, similarities(p.model, p.tokenizer, sentences), similarities(child, p.tokenizer, sentences)
+
+    def drop_one(self, session_id: str | None, design: Design, progress: Progress | None = None):
+        s = self.session(session_id)
+        with s.job("drop-one") as job:
+            d = self.design(design, s, compute=True)
+            return d, self.drop_scores(d.parent, d.text, compute=True, progress=_progress(job, progress))
+
+    def sweep(self, session_id: str | None, design: Design, depths, widths, progress: Progress | None = None):
+        """Build and evaluate every depth × width child; returns (table, CSV path in the session's folder)."""
+        s = self.session(session_id)
+        depths = parse_list(text_arg(str(depths), "depths", self.limits.max_spec_chars), "depths", int)
+        widths = parse_list(text_arg(str(widths), "widths", self.limits.max_spec_chars), "widths")
+        if len(depths) * len(widths) > self.limits.max_sweep_shapes:
+            raise SubcloneError(f"{len(depths)} depths × {len(widths)} widths = {len(depths) * len(widths)} children; "
+                                f"a sweep here builds at most {self.limits.max_sweep_shapes}")
+        with s.job("sweep") as job:
+            d = self.design(design, s, compute=True)
+            shapes = grid(d.parent, depths, widths, d.shape.heads, d.shape.kv_heads)
+            step = _progress(job, progress)
+            step(0.0, "evaluating the parent (once per parent and text)")
+            ref = self.reference(d.parent, d.text)
+            frame = sweep(d.parent, d.importance, ref, shapes, design.block_rule, design.neuron_rule,
+                          design.scale_choice, progress=step)
+        csv = s.folder / f"sweep-{int(time.time() * 1000)}.csv"
+        _atomic(csv, lambda tmp: frame.to_csv(tmp, index=False))
+        for old in s.files("sweep-*.csv")[:-KEEP_EXPORTS]:
+            old.unlink(missing_ok=True)
+        return frame, csv
+
+    def export(self, session_id: str | None, design: Design, hub_repo: str = "", hub_token: str = "",
+               progress: Progress | None = None) -> tuple[Path, str, str]:
+        """A zip of the designed child (save_pretrained + tokenizer + subclone.json + card) in the session's
+        folder; optionally pushed to the Hub. Returns (zip, card, hub URL or '')."""
+        s = self.session(session_id)
+        hub_repo = text_arg(hub_repo, "the hub repository", self.limits.max_spec_chars, allow_empty=True)
+        with s.job("export") as job:
+            step = _progress(job, progress)
+            step(0.0, "building the child")
+            d = self.design(design, s, compute=True)
+            child = build(d.parent, d.plan)
+            metrics = s.metrics.get(d.key)
+            if metrics is None:
+                step(0.3, "evaluating (no latency)")
+                metrics = evaluate(child, self.reference(d.parent, d.text), d.plan.residual, speed=False)
+            step(0.6, "writing the folder and the zip")
+            card = export.model_card(d.parent, child, d.plan, d.text, metrics)
+            name = f"subclone-{_slug(d.parent.display_name)}-{d.shape.layers}L-{d.shape.hidden}h-{d.shape.ffn}f"
+            return self._archive(s, name, lambda out: export.write(
+                child, d.parent.tokenizer, d.plan, out, card, extra=dict(data=d.text.name, metrics=metrics)),
+                card, hub_repo, hub_token, step)
+
+    def _archive(self, s: Session, name: str, write: Callable, card: str, hub_repo: str = "", hub_token: str = "",
+                 progress: Progress | None = None) -> tuple[Path, str, str]:
+        folder = s.folder / f"{name}-{int(time.time() * 1000)}"
+        try:
+            write(folder)
+            archive = export.zip_dir(folder)
+            url = ""
+            if hub_repo:
+                if progress:
+                    progress(0.8, "pushing to the Hub")
+                url = export.push(folder, hub_repo, (hub_token or "").strip())
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)  # the zip is what is served; one copy is enough
+        for old in s.files("*.zip")[:-KEEP_EXPORTS]:
+            old.unlink(missing_ok=True)
+        return archive, card, url
+
+    def train_config(self, parent: Parent, steps, distill) -> TrainConfig:
+        config = TrainConfig(steps=int_arg(steps, "steps", 1, self.limits.max_steps),
+                             distill=float_arg(distill, "distillation weight", 0, 100))
+        config.check(self.limits, max_positions(parent))
+        return config
+
+    def heal(self, session_id: str | None, design: Design, steps, inits, distill=0.0) -> Iterator[tuple]:
+        """Train the designed child from each init on equal terms. Yields ("eval", init, record) as held-out
+        losses arrive, then ("done", table rows). Ends, and stops its training thread, on every way out:
+        finished, stopped, the session ended, the consumer closed the generator, or an error."""
+        s = self.session(session_id)
+        inits = [inits] if isinstance(inits, str) else list(inits or [])
+        if not inits or any(i not in INITS for i in inits):
+            raise SubcloneError(f"choose initializations among {', '.join(INITS)}")
+        d = self.design(design, s, compute=True)
+        config = self.train_config(d.parent, steps, distill)
+        records, box = queue.Queue(), {}
+        with s.job("training") as job:
+            def work():
+                try:
+                    box["runs"] = compare_inits(d.parent, d.importance, d.shape, inits, config, d.text,
+                                                on_eval=lambda i, r: records.put((i, r)), should_stop=job.stop.is_set,
+                                                block_rule=design.block_rule, neuron_rule=design.neuron_rule,
+                                                scale=design.scale_choice)
+                except BaseException as e:  # handed to the consumer below
+                    box["error"] = e
+                finally:
+                    records.put(None)
+
+            worker = threading.Thread(target=work, daemon=True, name=f"heal-{s.id[:8]}")
+            worker.start()
+            try:
+                while True:
+                    try:
+                        item = records.get(timeout=0.5)
+                    except queue.Empty:
+                        continue
+                    if item is None:
+                        break
+                    yield ("eval", *item)
+            finally:
+                job.stop.set()  # every way out ends the training: a closed generator lands here too
+                worker.join(timeout=600)
+        if "error" in box:
+            raise box["error"]
+        if s.ended:
+            raise Cancelled("this session has ended")
+        ref = self.reference(d.parent, d.text)
+        s.healed = {init: (child, plan, result, evaluate(child, ref, speed=False), d)
+                    for init, (child, plan, result) in box["runs"].items()}
+        best = min(s.healed, key=lambda i: s.healed[i][2]["eval_loss"])
+        s.built = (d.key[0], s.healed[best][0], s.healed[best][1])
+        yield ("done", best, s.healed)
+
+    def export_healed(self, session_id: str | None, init: str) -> tuple[Path, str, str]:
+        s = self.session(session_id)
+        if init not in s.healed:
+            raise SubcloneError(f"train the '{str(init)[:20]}' init first (Start in Heal)")
+        child, plan, result, metrics, d = s.healed[init]
+        card = export.model_card(d.parent, child, plan, d.text, metrics, training=result)
+        shape = d.parent.family.read_shape(child.config)
+        name = f"subclone-{_slug(d.parent.display_name)}-{shape.layers}L-{shape.hidden}h-{init}-{result['steps']}steps"
+        return self._archive(s, name, lambda out: export.write(
+            child, d.parent.tokenizer, plan, out, card, training=dict(parent=d.parent.display_name, data=d.text.name,
+                                                                      **result)), card)
+
+
+def max_positions(parent: Parent) -> int | None:
+    return getattr(parent.config, "max_position_embeddings", None)
+
+
+def _sizes(shape) -> dict:
+    return dict(layers=shape.layers, hidden=shape.hidden, ffn=shape.ffn, heads=shape.heads, kv_heads=shape.kv_heads)
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-." else "-" for c in name.split("/")[-1])[:60]
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
