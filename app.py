@@ -405,30 +405,33 @@ with gr.Blocks(title="subclone") as demo:
     anatomy = [fig_residual, fig_consistency, fig_heads, fig_ffn, fig_blocks, design_heads, design_residual]
     preview_in = [parent, data, *sliders, block_rule]
 
+    # Our own checks (Design.of) read the widgets' raw values, so a malformed API value (None, a list, text for a
+    # number) gets one clear line instead of Gradio's generic error.
+    RAW = dict(preprocess=False)
     upload.upload(on_upload, upload, data, api_name="upload")
-    analyze_btn.click(on_analyze, [parent, data], [card, *sliders], api_name="analyze").then(
-        on_preview, preview_in, [readout, strip], api_name=False).then(
-        on_design, design_in, anatomy, api_name=False).then(
-        on_warm, [parent, data], None, api_name=False, show_progress="hidden")
+    analyze_btn.click(on_analyze, [parent, data], [card, *sliders], api_name="analyze", **RAW).then(
+        on_preview, preview_in, [readout, strip], api_name=False, **RAW).then(
+        on_design, design_in, anatomy, api_name=False, **RAW).then(
+        on_warm, [parent, data], None, api_name=False, show_progress="hidden", **RAW)
     gr.on([w.change for w in (*sliders, block_rule)], on_preview, preview_in, [readout, strip],
-          api_name="preview", show_progress="hidden", trigger_mode="always_last")
+          api_name="preview", show_progress="hidden", trigger_mode="always_last", **RAW)
     gr.on([*(w.change for w in sliders), block_rule.change, neuron_rule.change, scale.change], on_design, design_in,
-          anatomy, api_name=False, show_progress="hidden", trigger_mode="always_last")
-    demo.load(on_preview, preview_in, [readout, strip], api_name=False).then(
-        on_design, design_in, anatomy, api_name=False)
-    drop_btn.click(on_drop_one, design_in, fig_blocks, api_name="drop_one")
-    build_btn.click(on_build, design_in, [results, history_table], api_name="build")
-    outputs_btn.click(on_outputs, [parent, prompt], [parent_out, child_out], api_name="outputs")
+          anatomy, api_name=False, show_progress="hidden", trigger_mode="always_last", **RAW)
+    demo.load(on_preview, preview_in, [readout, strip], api_name=False, **RAW).then(
+        on_design, design_in, anatomy, api_name=False, **RAW)
+    drop_btn.click(on_drop_one, design_in, fig_blocks, api_name="drop_one", **RAW)
+    build_btn.click(on_build, design_in, [results, history_table], api_name="build", **RAW)
+    outputs_btn.click(on_outputs, [parent, prompt], [parent_out, child_out], api_name="outputs", **RAW)
     sweep_btn.click(on_sweep, [parent, data, depths, widths, heads, kv_heads, block_rule, neuron_rule, scale],
-                    [fig_pareto, sweep_table, sweep_csv], api_name="sweep")
+                    [fig_pareto, sweep_table, sweep_csv], api_name="sweep", **RAW)
     heal_btn.click(on_heal, [*design_in, steps, inits, distill], [fig_curves, heal_status, heal_table],
-                   api_name="heal")
+                   api_name="heal", **RAW)
     stop_btn.click(on_stop, None, heal_status, api_name="stop")
     demo.unload(on_leave)
     healed_btn.click(on_export_healed, [parent, data, healed_init], [healed_file, healed_status],
-                     api_name="export_trained")
+                     api_name="export_trained", **RAW)
     export_btn.click(on_export, [*design_in, hub_repo, hub_token], [export_file, export_status, export_card],
-                     api_name="export")
+                     api_name="export", **RAW)
 
 if __name__ == "__main__":
     demo.queue(default_concurrency_limit=1, max_size=64).launch(

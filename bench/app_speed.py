@@ -12,8 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import app  # noqa: E402
-from subclone import data as data_mod  # noqa: E402
 from subclone.importance import cache_path  # noqa: E402
+from subclone.workspace import Workspace  # noqa: E402
 
 P, D = "smollm2-135m", "builtin"
 HALF = dict(layers=20, hidden=432, ffn=1024, heads=9, kv_heads=3)  # 45 % of the parent's parameters
@@ -36,34 +36,34 @@ def median(fn, n, *args, **kwargs):
 
 def main():
     rows = []
-    t_parent = timed(app._parent, P)  # from the converted-parent cache
+    ws = app.WS
+    t_parent = timed(ws.parent, P)  # from the converted-parent cache
     rows.append(("load the bundled parent (converted-parent cache)", t_parent, None))
 
-    calib, _ = data_mod.split(data_mod.load_text(D))
-    cache_path(app._parent(P), calib).unlink(missing_ok=True)
-    rows.append(("Analyze, cold (hooks over 4,096 tokens)", timed(app.on_analyze, P, D, progress=quiet), 30))
+    cache_path(ws.parent(P), ws.text(D)).unlink(missing_ok=True)
+    rows.append(("Analyze, cold (hooks over 4,096 tokens)", timed(app.on_analyze, P, D, None, progress=quiet), 30))
 
-    def warm():
-        app._analyses.clear()
-        app.on_analyze(P, D, progress=quiet)
+    def warm():  # a fresh workspace: nothing in memory, the record on disk
+        fresh = Workspace(ws.limits, ws.folder / "bench")
+        fresh.importance(ws.parent(P), fresh.text(D))
     rows.append(("Analyze, warm (disk cache hit), median of 5", median(warm, 5), 1))
 
     shapes = [(L, h, f, 9, 3) for L in (30, 24, 20, 12) for h, f in ((576, 1536), (504, 1280), (432, 1024))]
-    times = [timed(app.on_preview, P, D, *s, "magnitude") for s in shapes * 5]
+    times = [timed(app.on_preview, P, D, *s, "magnitude", None) for s in shapes * 5]
     rows.append((f"/preview, median of {len(times)} (max {max(times) * 1000:.0f} ms)", statistics.median(times), 0.05))
 
-    app.on_design(P, D, *shapes[0], *RULES.values())  # warm-up
+    app.on_design(P, D, *shapes[0], *RULES.values(), None)  # warm-up
     rows.append(("anatomy redraw after a slider move (7 figures), median of 5",
-                 median(app.on_design, 5, P, D, *HALF.values(), *RULES.values()), None))
+                 median(app.on_design, 5, P, D, *HALF.values(), *RULES.values(), None), None))
     rows.append(("Build & evaluate half-size child, first (parent evaluated once)",
-                 timed(app.on_build, P, D, *HALF.values(), *RULES.values(), [], progress=quiet), None))
+                 timed(app.on_build, P, D, *HALF.values(), *RULES.values(), None, progress=quiet), None))
     rows.append(("Build & evaluate half-size child, median of 3",
-                 median(app.on_build, 3, P, D, *HALF.values(), *RULES.values(), [], progress=quiet), 10))
+                 median(app.on_build, 3, P, D, *HALF.values(), *RULES.values(), None, progress=quiet), 10))
     rows.append(("Sweep 4 depths × 4 widths = 16 shapes", timed(app.on_sweep, P, D, "30, 24, 18, 12",
-                                                                "100, 87.5, 75, 62.5", 9, 3, *RULES.values(),
+                                                                "100, 87.5, 75, 62.5", 9, 3, *RULES.values(), None,
                                                                 progress=quiet), 90))
     rows.append(("Export half-size child (zip, metrics cached)",
-                 timed(app.on_export, P, D, *HALF.values(), *RULES.values(), progress=quiet), None))
+                 timed(app.on_export, P, D, *HALF.values(), *RULES.values(), "", "", None, progress=quiet), None))
 
     print("| action | seconds | target |\n|---|---|---|")
     for name, t, target in rows:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import SubcloneError
+from .errors import SubcloneError, shown
 from .limits import Limits, text_arg
 
 HELD_OUT = 0.2
@@ -92,7 +92,7 @@ def read_file(path: Path, max_chars: int, name: str) -> str:
                 return _rows_to_text((json.loads(line) for line in f if line.strip()), name, max_chars)
         if suffix == ".json":
             if path.stat().st_size > 4 * max_chars:
-                raise SubcloneError(f"'{name}' is too big to read as one JSON document; use .jsonl or .txt")
+                raise SubcloneError(f"'{shown(name)}' is too big to read as one JSON document; use .jsonl or .txt")
             return _rows_to_text(pd.read_json(path).to_dict("records"), name, max_chars)
         if suffix == ".csv":
             with pd.read_csv(path, chunksize=2_000, dtype=str) as reader:
@@ -107,9 +107,9 @@ def read_file(path: Path, max_chars: int, name: str) -> str:
     except SubcloneError:
         raise
     except (ValueError, OSError, UnicodeError, AttributeError, TypeError) as e:  # malformed files, in many ways
-        raise SubcloneError(f"cannot read data file '{name}' as {suffix or 'text'}: {str(e)[:200]}") from None
+        raise SubcloneError(f"cannot read data file '{shown(name)}' as {suffix or 'text'}: {str(e)[:200]}") from None
     except Exception as e:  # pyarrow's own errors (e.g. ArrowInvalid) are not ValueErrors
-        raise SubcloneError(f"cannot read data file '{name}': {type(e).__name__}") from None
+        raise SubcloneError(f"cannot read data file '{shown(name)}': {type(e).__name__}") from None
 
 
 def _hub_dataset(spec: str, max_chars: int) -> str:
@@ -121,7 +121,7 @@ def _hub_dataset(spec: str, max_chars: int) -> str:
     except SubcloneError:
         raise
     except Exception as e:  # the hub raises many types; all mean "could not get this dataset"
-        raise SubcloneError(f"cannot load dataset '{spec}' from the hub ({type(e).__name__}); "
+        raise SubcloneError(f"cannot load dataset '{shown(spec)}' from the hub ({type(e).__name__}); "
                             "offline? use 'builtin' or a text file") from None
 
 
@@ -134,7 +134,7 @@ def load(spec: str = "builtin", limits: Limits | None = None) -> Text:
     looks_like_file = spec.startswith(("/", ".", "~")) or spec.lower().endswith(TEXT_SUFFIXES) or "\\" in spec
     if not limits.allow_local_paths:
         if looks_like_file or not HUB_ID.match(spec):
-            raise SubcloneError(f"data '{spec[:60]}' is not accepted here: use 'builtin', upload a text file, or give "
+            raise SubcloneError(f"data '{shown(spec)}' is not accepted here: use 'builtin', upload a text file, or give "
                                 "a datasets hub id like user/name (local paths are off; whoever runs the app can "
                                 "turn them on with SUBCLONE_ALLOW_LOCAL_PATHS=1)")
         return Text(spec, _hub_dataset(spec, limits.max_text_chars))
@@ -142,14 +142,14 @@ def load(spec: str = "builtin", limits: Limits | None = None) -> Text:
     try:
         is_file, exists = path.is_file(), path.exists()
     except OSError as e:  # e.g. a name too long for the file system
-        raise SubcloneError(f"cannot use data '{spec[:60]}': {e.strerror}") from None
+        raise SubcloneError(f"cannot use data '{shown(spec)}': {e.strerror}") from None
     if looks_like_file or exists:
         if not is_file:
-            raise SubcloneError(f"data file '{spec}' not found")
+            raise SubcloneError(f"data file '{shown(spec)}' not found")
         return Text(path.name, read_file(path, limits.max_text_chars, spec))
     if HUB_ID.match(spec):
         return Text(spec, _hub_dataset(spec, limits.max_text_chars))
-    raise SubcloneError(f"unknown data '{spec[:60]}': use 'builtin', a .txt/.jsonl/.csv/.parquet file, or a hub "
+    raise SubcloneError(f"unknown data '{shown(spec)}': use 'builtin', a .txt/.jsonl/.csv/.parquet file, or a hub "
                         "dataset id")
 
 

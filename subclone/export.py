@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import SubcloneError
+from .errors import SubcloneError, shown
 
 PLAN_FILE = "subclone.json"
 TRAINING_FILE = "training.json"
@@ -24,17 +24,17 @@ def check_writable(out, protect=()) -> Path:
         where = path.resolve()
         cache = home().resolve()
         if where == cache or cache in where.parents:
-            raise SubcloneError(f"'{out}' is inside subclone's cache ({cache}); choose a directory outside it")
+            raise SubcloneError(f"'{shown(out, 200)}' is inside subclone's cache ({cache}); choose a directory outside it")
         if any(where == Path(p).expanduser().resolve() for p in protect if p):
-            raise SubcloneError(f"'{out}' is the parent's own directory; writing there would replace its weights")
+            raise SubcloneError(f"'{shown(out, 200)}' is the parent's own directory; writing there would replace its weights")
         if (path / "config.json").exists() and not any((path / f).exists() for f in (PLAN_FILE, TRAINING_FILE)):
-            raise SubcloneError(f"'{out}' already holds a model that subclone did not write; choose a new or empty "
+            raise SubcloneError(f"'{shown(out, 200)}' already holds a model that subclone did not write; choose a new or empty "
                                 "directory")
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path):
             pass
     except OSError as e:
-        raise SubcloneError(f"cannot write to '{str(out)[:80]}' ({e.strerror or e}); choose another --out "
+        raise SubcloneError(f"cannot write to '{shown(out)}' ({e.strerror or e}); choose another --out "
                             "directory") from None
     return path
 

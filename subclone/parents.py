@@ -22,7 +22,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokeni
 
 from .arch import Family, Shape, family_for
 from .data import HUB_ID
-from .errors import SubcloneError
+from .errors import SubcloneError, shown
 from .limits import Limits, text_arg
 
 BUILTIN = {
@@ -136,7 +136,7 @@ def _check_safetensors(path: Path, name: str) -> None:
             if f.stat().st_size < 8 + n:
                 raise ValueError("shorter than its header says")
         except Exception as e:  # safetensors raises its own error type for every kind of damage
-            raise SubcloneError(f"'{name}': {f.name} is not a readable safetensors file ({str(e)[:120]}); "
+            raise SubcloneError(f"'{shown(name)}': {f.name} is not a readable safetensors file ({str(e)[:120]}); "
                                 "it may be cut short or empty") from None
 
 
@@ -149,9 +149,9 @@ def _check_no_remote_code(path: Path, name: str) -> None:
         try:
             record = json.loads(f.read_text())
         except (ValueError, UnicodeError) as e:
-            raise SubcloneError(f"'{name}': {fname} is not valid JSON ({str(e)[:80]})") from None
+            raise SubcloneError(f"'{shown(name)}': {fname} is not valid JSON ({str(e)[:80]})") from None
         if isinstance(record, dict) and "auto_map" in record:
-            raise SubcloneError(f"'{name}': {fname} asks for custom code (auto_map); subclone never runs code that "
+            raise SubcloneError(f"'{shown(name)}': {fname} asks for custom code (auto_map); subclone never runs code that "
                                 "comes with a model: use a model of a supported family without it")
 
 
@@ -191,26 +191,26 @@ def resolve(name: str, limits: Limits | None = None) -> str:
     if not limits.allow_local_paths:
         if HUB_ID.match(name) and not name.startswith((".", "~")):
             return name
-        raise SubcloneError(f"parent '{name[:60]}' is not accepted here: use a built-in ({', '.join(BUILTIN)}) or a "
+        raise SubcloneError(f"parent '{shown(name)}' is not accepted here: use a built-in ({', '.join(BUILTIN)}) or a "
                             "hub id like HuggingFaceTB/SmolLM2-135M-Instruct (local paths are off; whoever runs the "
                             "app can turn them on with SUBCLONE_ALLOW_LOCAL_PATHS=1)")
     path = Path(name).expanduser()
     try:
         exists = path.exists()
     except OSError as e:  # e.g. a name too long for the file system
-        raise SubcloneError(f"cannot use parent '{name[:60]}': {e.strerror}") from None
+        raise SubcloneError(f"cannot use parent '{shown(name)}': {e.strerror}") from None
     if exists:
         if not (path / "config.json").exists():
-            raise SubcloneError(f"'{name}' is a path but has no config.json: give a Hugging Face model directory")
+            raise SubcloneError(f"'{shown(name)}' is a path but has no config.json: give a Hugging Face model directory")
         if not any(path.glob("*.safetensors")):
-            raise SubcloneError(f"'{name}' has no .safetensors weights; subclone loads safetensors only "
+            raise SubcloneError(f"'{shown(name)}' has no .safetensors weights; subclone loads safetensors only "
                                 "(convert with save_pretrained(safe_serialization=True))")
         _check_no_remote_code(path, name)
         _check_safetensors(path, name)
         return str(path)
     if HUB_ID.match(name):
         return name
-    raise SubcloneError(f"unknown parent '{name}': use a built-in ({', '.join(BUILTIN)}), "
+    raise SubcloneError(f"unknown parent '{shown(name)}': use a built-in ({', '.join(BUILTIN)}), "
                         "a local model directory, or a hub id like HuggingFaceTB/SmolLM2-135M-Instruct")
 
 
@@ -222,15 +222,15 @@ def load_parent(name: str = DEFAULT_PARENT, limits: Limits | None = None) -> Par
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=False)
     except (OSError, ValueError) as e:
-        raise SubcloneError(f"cannot load parent '{name}': {str(e).splitlines()[0][:200]} "
+        raise SubcloneError(f"cannot load parent '{shown(name)}': {str(e).splitlines()[0][:200]} "
                             f"(offline? use a built-in: {', '.join(BUILTIN)})") from None
     if getattr(config, "auto_map", None):
-        raise SubcloneError(f"'{name}' asks for custom code (auto_map); subclone never runs code that comes with a "
+        raise SubcloneError(f"'{shown(name)}' asks for custom code (auto_map); subclone never runs code that comes with a "
                             "model")
     family = family_for(config)
     params = parameter_count(family, config)
     if params > limits.max_parent_params:
-        raise SubcloneError(f"parent '{name}' has {params / 1e6:,.0f} M parameters; this app takes parents up to "
+        raise SubcloneError(f"parent '{shown(name)}' has {params / 1e6:,.0f} M parameters; this app takes parents up to "
                             f"{limits.max_parent_params / 1e6:,.0f} M (SUBCLONE_MAX_PARENT_PARAMS)")
     try:
         with CONSTRUCTING:
@@ -238,7 +238,7 @@ def load_parent(name: str = DEFAULT_PARENT, limits: Limits | None = None) -> Par
                                                        use_safetensors=True, trust_remote_code=False)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as e:
-        raise SubcloneError(f"cannot load parent '{name}': {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}"
+        raise SubcloneError(f"cannot load parent '{shown(name)}': {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}"
                             ) from None
     return Parent(name=name, model=model.eval(), tokenizer=tokenizer, family=family, source=source)
 

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .arch import F, KV, Q, QKV, R, Family, Shape
-from .errors import SubcloneError
+from .errors import SubcloneError, shown
 from .importance import Importance
 
 SCALE_GROUPS = ("residual", "ffn", "attn", "embed")
@@ -68,7 +68,7 @@ BLOCK_RULES = {"magnitude": _keep_top("magnitude"), "bi": _keep_top("bi"), "midd
 
 def _rule(table: dict, name: str, what: str):
     if name not in table:
-        raise SubcloneError(f"unknown {what} '{name}'. Available: {', '.join(table)}"
+        raise SubcloneError(f"unknown {what} '{shown(name)}'. Available: {', '.join(table)}"
                             + (", or a list of block indices like 0-11,20-29" if what == "block rule" else ""))
     return table[name]
 
@@ -83,15 +83,15 @@ def parse_block_list(text: str, n_layers: int) -> list[int] | None:
         lo, _, hi = part.strip().partition("-")
         if not (lo.isdigit() and (hi.isdigit() or not hi)) or len(lo) > 6 or len(hi) > 6:
             if lo.isdigit() and (hi.isdigit() or not hi):  # digits, just far too many
-                raise SubcloneError(f"block list '{text[:40]}' names a block beyond the parent's "
+                raise SubcloneError(f"block list '{shown(text)}' names a block beyond the parent's "
                                     f"blocks 0-{n_layers - 1}")
-            raise SubcloneError(f"cannot read block list '{text[:40]}': write indices and ranges like 0-11,20,25-29")
+            raise SubcloneError(f"cannot read block list '{shown(text)}': write indices and ranges like 0-11,20,25-29")
         lo, hi = int(lo), int(hi or lo)
         for i in (lo, hi):
             if not 0 <= i < n_layers:
-                raise SubcloneError(f"block list '{text[:40]}' names block {i}; the parent has blocks 0-{n_layers - 1}")
+                raise SubcloneError(f"block list '{shown(text)}' names block {i}; the parent has blocks 0-{n_layers - 1}")
         if hi < lo:
-            raise SubcloneError(f"block list '{text[:40]}' has the range {lo}-{hi}, which runs backwards; write {hi}-{lo}")
+            raise SubcloneError(f"block list '{shown(text)}' has the range {lo}-{hi}, which runs backwards; write {hi}-{lo}")
         out.update(range(lo, hi + 1))
     return sorted(out)
 

@@ -28,7 +28,7 @@ from typing import Callable, Iterator
 from . import export
 from .clone import build
 from .data import TEXT_SUFFIXES, Text, load, read_file
-from .errors import SubcloneError
+from .errors import SubcloneError, shown
 from .evaluate import Reference, evaluate, generate, held_out, reference, similarities
 from .importance import Importance, analyze, drop_one
 from .limits import Limits, float_arg, int_arg, text_arg
@@ -74,10 +74,10 @@ class Design:
             raise SubcloneError(f"scale must be a list of groups ({', '.join(SCALE_GROUPS)})")
         for g in scale or ():
             if g not in SCALE_GROUPS:
-                raise SubcloneError(f"unknown scaling group '{str(g)[:40]}'. Available: {', '.join(SCALE_GROUPS)}")
+                raise SubcloneError(f"unknown scaling group '{shown(g)}'. Available: {', '.join(SCALE_GROUPS)}")
         neuron_rule = text_arg(neuron_rule, "the neuron rule", limits.max_spec_chars)
         if neuron_rule not in NEURON_RULES:
-            raise SubcloneError(f"unknown neuron rule '{neuron_rule[:40]}'. Available: {', '.join(NEURON_RULES)}")
+            raise SubcloneError(f"unknown neuron rule '{shown(neuron_rule)}'. Available: {', '.join(NEURON_RULES)}")
         return cls(parent=text_arg(parent, "the parent", limits.max_spec_chars),
                    data=text_arg(data or "builtin", "the data spec", limits.max_spec_chars),
                    layers=size(layers, "layers"), hidden=size(hidden, "hidden"), ffn=size(ffn, "ffn"),
@@ -234,7 +234,7 @@ class Workspace:
         spec = text_arg(spec or "builtin", "the data spec", self.limits.max_spec_chars)
         if spec.startswith(UPLOAD):
             if session is None or spec not in session.uploads:
-                raise SubcloneError(f"'{spec[:60]}' is not an upload of this session: upload the file again "
+                raise SubcloneError(f"'{shown(spec)}' is not an upload of this session: upload the file again "
                                     "(uploads are kept only while the page is open)")
             return session.uploads[spec]
         key = spec.lower() if spec.lower() == "builtin" else spec
@@ -334,11 +334,11 @@ class Workspace:
     def design(self, design: Design, session: Session | None = None, compute: bool = False,
                progress: Progress | None = None) -> Designed:
         """Parent, text, snapped shape, and the plan when importance exists (measured only when compute)."""
+        text = self.text(design.data, session)  # first: a refused spec costs nothing
         parent = self.parent(design.parent)
-        shape, notes = snap_shape(parent.family, parent.shape, design.layers or parent.shape.layers,
-                                  design.hidden or parent.shape.hidden, design.ffn or parent.shape.ffn,
-                                  design.heads or parent.shape.heads, design.kv_heads or parent.shape.kv_heads)
-        text = self.text(design.data, session)
+        given = {k: getattr(design, k) for k in ("layers", "hidden", "ffn", "heads", "kv_heads")}
+        sizes = {k: getattr(parent.shape, k) if v is None else v for k, v in given.items()}
+        shape, notes = snap_shape(parent.family, parent.shape, **sizes)
         imp = self.importance(parent, text, compute=compute, progress=progress)
         plan = None if imp is None else make_plan(parent, imp, shape, block_rule=design.block_rule,
                                                   neuron_rule=design.neuron_rule, scale=design.scale_choice)
@@ -519,7 +519,7 @@ class Workspace:
     def export_healed(self, session_id: str | None, init: str) -> tuple[Path, str, str]:
         s = self.session(session_id)
         if init not in s.healed:
-            raise SubcloneError(f"train the '{str(init)[:20]}' init first (Start in Heal)")
+            raise SubcloneError(f"train the '{shown(init)}' init first (Start in Heal)")
         child, plan, result, metrics, d = s.healed[init]
         card = export.model_card(d.parent, child, plan, d.text, metrics, training=result)
         shape = d.parent.family.read_shape(child.config)

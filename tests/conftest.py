@@ -92,6 +92,18 @@ def app_url():
         yield url
 
 
+SPACE_MEMORY_MB = 1500  # one SmolLM2 parent (540 MB) and its evaluation (400 MB) fit; a second pair would not
+
+
+@pytest.fixture(scope="session")
+def space_app():
+    """The app as a public Space runs it: local paths off, default limits, a small memory bound. (url, process)"""
+    import psutil
+
+    with launch_app({"SUBCLONE_ALLOW_LOCAL_PATHS": "0", "SUBCLONE_MEMORY_MB": str(SPACE_MEMORY_MB)}) as (url, proc):
+        yield url, psutil.Process(proc.pid)
+
+
 @contextlib.contextmanager
 def launch_app(extra_env: dict | None = None):
     """Run app.py on a free port; yields (url, process)."""

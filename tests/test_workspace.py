@@ -1,0 +1,121 @@
+"""The Workspace: what a running app holds, with normalized keys, a memory bound, and sessions that end cleanly."""
+import dataclasses
+import threading
+import time
+import zipfile
+
+import pytest
+
+from subclone import SubcloneError
+from subclone.limits import Limits
+from subclone.workspace import Cancelled, Design, Workspace
+
+from .conftest import tiny_model
+
+LOCAL = Limits.local()
+
+
+@pytest.fixture
+def ws(tmp_path):
+    return Workspace(dataclasses.replace(LOCAL, memory_mb=100), tmp_path / "sessions")
+
+
+def small(tiny_dir, **kw):
+    return Design.of(LOCAL, str(tiny_dir), "builtin", 3, 24, 20, 4, 2, **kw)
+
+
+def test_every_spelling_of_an_input_is_one_entry(ws, tiny_dir):
+    texts = {id(ws.text(s)) for s in ("builtin", " builtin", "builtin ", "BUILTIN", "\tbuiltin\n")}
+    parents = {id(ws.parent(s)) for s in (str(tiny_dir), f" {tiny_dir}", f"{tiny_dir}\n")}
+    assert len(texts) == 1 and len(parents) == 1
+    assert len([k for k in ws.cached() if k[0] == "text"]) == 1
+
+
+def test_shared_parents_and_references_stay_under_the_memory_bound(tmp_path, tiny_dir):
+    other = tmp_path / "other"
+    tiny_model("llama", seed=1).save_pretrained(other)
+    for f in tiny_dir.glob("tokenizer*"):
+        (other / f.name).write_bytes(f.read_bytes())
+    one_parent = sum(p.numel() * 4 for p in tiny_model("llama").parameters())
+    ws = Workspace(dataclasses.replace(LOCAL, memory_mb=1.5 * one_parent / 2**20), tmp_path / "s")
+    a = ws.parent(str(tiny_dir))
+    ws.parent(str(other))  # the bound holds one: the least recently used goes
+    assert [k[1] for k in ws.cached() if k[0] == "parent"] == [str(other)]
+    assert ws.memory_bytes <= 1.5 * one_parent
+    assert ws.parent(str(tiny_dir)) is not a  # loaded again, once asked for again
+
+
+def test_a_session_builds_exports_and_ends_without_a_trace(ws, tiny_dir):
+    d, metrics = ws.build("alice", small(tiny_dir))
+    assert metrics["params"] < metrics["parent_params"] and ws.session("alice").history[-1]["layers"] == 3
+    archive, card, _ = ws.export("alice", small(tiny_dir))
+    assert zipfile.ZipFile(archive).getinfo("config.json") and str(tiny_dir) not in card  # no server path
+    assert archive.parent == ws.session("alice").folder and archive.exists()
+    for _ in range(3):  # older exports are deleted as new ones come
+        ws.export("alice", small(tiny_dir))
+    assert len(list(ws.session("alice").folder.glob("*.zip"))) == 2
+    assert not [p for p in ws.session("alice").folder.iterdir() if p.is_dir()]  # only the zips stay
+    ws.build("bob", small(tiny_dir, block_rule="first"))
+    assert ws.session("bob").history[-1]["block_rule"] == "first" and len(ws.session("alice").history) == 1
+    folder = ws.session("alice").folder
+    ws.end("alice")
+    assert not folder.exists() and "alice" not in ws.sessions() and "bob" in ws.sessions()
+    assert ws.session("alice").history == []  # a new session, empty
+
+
+def test_idle_sessions_expire(tmp_path, tiny_dir):
+    ws = Workspace(dataclasses.replace(LOCAL, session_ttl_s=0.05), tmp_path / "s")
+    ws.build("idle", small(tiny_dir))
+    folder = ws.session("idle").folder
+    time.sleep(0.1)
+    ws.session("someone-else")  # any request sweeps the expired sessions
+    assert "idle" not in ws.sessions() and not folder.exists()
+
+
+def _heal_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("heal-")]
+
+
+def test_closing_the_training_generator_ends_the_training(ws, tiny_dir):
+    events = ws.heal("carol", small(tiny_dir), steps=10_000, inits=["random"])
+    kind, init, record = next(events)
+    assert kind == "eval" and _heal_threads()
+    events.close()  # what Gradio does when the client disconnects or cancels
+    assert not _heal_threads() and not ws.session("carol").jobs
+
+
+def test_ending_the_session_stops_its_training_from_another_thread(ws, tiny_dir):
+    events = ws.heal("dave", small(tiny_dir), steps=10_000, inits=["subclone"])
+    next(events)
+    threading.Timer(0.2, ws.end, args=("dave",)).start()  # the tab closed while the run goes on
+    with pytest.raises(Cancelled):
+        list(events)
+    assert not _heal_threads()
+
+
+def test_stop_ends_a_run_and_keeps_what_it_trained(ws, tiny_dir):
+    events = ws.heal("erin", small(tiny_dir), steps=10_000, inits=["subclone"])
+    next(events)
+    assert ws.stop("erin") == 1
+    kind, best, healed = list(events)[-1]
+    assert kind == "done" and healed[best][2]["stopped"] and healed[best][2]["steps"] < 10_000
+    archive, card, _ = ws.export_healed("erin", "subclone")
+    assert "then trained for" in card and archive.exists()
+
+
+@pytest.mark.parametrize("values, says", [
+    (dict(layers=None), "layers must be a number, got nothing"),
+    (dict(heads=[3]), "heads must be a number, got list"),
+    (dict(hidden=float("nan")), "hidden must be a whole number"),
+    (dict(ffn=2.5), "ffn must be a whole number"),
+    (dict(layers=10**9), "layers must be at most"),
+    (dict(scale=["bogus"]), "unknown scaling group 'bogus'"),
+    (dict(neuron_rule="best"), "unknown neuron rule 'best'"),
+    (dict(block_rule="x" * 1000), "the block rule is 1,000 characters long"),
+])
+def test_a_design_from_odd_values_is_a_clear_error(values, says):
+    base = dict(parent="smollm2-135m", data="builtin", layers=30, hidden=576, ffn=1536, heads=9, kv_heads=3)
+    with pytest.raises(SubcloneError, match=says.replace("(", r"\(")):
+        import app
+
+        app._design(**{**base, **values})
