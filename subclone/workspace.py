@@ -153,10 +153,16 @@ def _nbytes(obj) -> int:
     import torch
 
     if isinstance(obj, Parent):
-        return sum(p.numel() * p.element_size() for p in {id(p): p for p in obj.model.parameters()}.values())
+        return _nbytes(obj.model)
+    if isinstance(obj, torch.nn.Module):
+        return sum(p.numel() * p.element_size() for p in {id(p): p for p in obj.parameters()}.values())
     if isinstance(obj, Reference):
         tensors = [*(obj.logp or []), *(obj.top1 or []), *([obj.pooled] if obj.pooled is not None else [])]
         return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+    if isinstance(obj, Session):  # the children it holds (the current one is often also a trained one)
+        models = [s.built[1]] if (s := obj).built else []
+        models += [h[0] for h in s.healed.values()]
+        return sum(_nbytes(m) for m in {id(m): m for m in models}.values())
     return 0
 
 
@@ -206,16 +212,25 @@ class Workspace:
                 self._making.pop(key, None)
             return value
 
-    def _evict(self, keep) -> None:
-        while self.memory_bytes > self.limits.memory_mb * 2**20 and len(self._heavy) > 1:
-            oldest = next(k for k in self._heavy if k != keep)
-            del self._heavy[oldest]
+    def _evict(self, keep=None, keep_session: Session | None = None) -> None:
+        """Back under Limits.memory_mb: first the children of the sessions seen longest ago (they can build
+        again), then the least recently used parents and evaluations (they can load again)."""
+        bound = self.limits.memory_mb * 2**20
+        with self._lock:
+            for s in sorted(self._sessions.values(), key=lambda s: s.seen):
+                if self.memory_bytes <= bound:
+                    return
+                if s is not keep_session:
+                    s.built, s.healed = None, {}
+            while self.memory_bytes > bound and len(self._heavy) > 1:
+                oldest = next(k for k in self._heavy if k != keep)
+                del self._heavy[oldest]
 
     @property
     def memory_bytes(self) -> int:
-        """What the shared parents and parent evaluations take, counted against Limits.memory_mb."""
+        """What shared parents, parent evaluations and the sessions' children take (bounded by memory_mb)."""
         with self._lock:
-            return sum(size for _, size in self._heavy.values())
+            return sum(size for _, size in self._heavy.values()) + sum(map(_nbytes, self._sessions.values()))
 
     def cached(self) -> list:
         """The keys of the shared entries, least recently used first (for tests and the operator)."""
@@ -371,6 +386,7 @@ class Workspace:
         while len(s.metrics) > 32:
             s.metrics.popitem(last=False)
         s.built = (d.key[0], child, d.plan)
+        self._evict(keep_session=s)
         quality = {k: metrics[k] for k in ("perplexity", "top1_agreement", "kl_to_parent", "cosine_to_parent")
                    if k in metrics}
         s.history = [*s.history, dict(n=len(s.history) + 1, parent=design.parent, **_sizes(d.shape),
@@ -386,7 +402,8 @@ class Workspace:
         s = self.session(session_id)
         prompt = text_arg(prompt, "the prompt", self.limits.max_prompt_chars)
         if s.built is None or s.built[0] != self.parent_key(parent):
-            raise SubcloneError("build a child of this parent first (Build & evaluate)")
+            raise SubcloneError("build a child of this parent first (Build & evaluate); on a busy app, a child left "
+                                "unused while others build may have been dropped to free memory")
         p, (_, child, plan) = self.parent(parent), s.built
         if p.family.kind == "causal-lm":
             return generate(p.model, p.tokenizer, prompt), generate(child, p.tokenizer, prompt)
@@ -514,6 +531,7 @@ class Workspace:
                     for init, (child, plan, result) in box["runs"].items()}
         best = min(s.healed, key=lambda i: s.healed[i][2]["eval_loss"])
         s.built = (d.key[0], s.healed[best][0], s.healed[best][1])
+        self._evict(keep_session=s)
         yield ("done", best, s.healed)
 
     def export_healed(self, session_id: str | None, init: str) -> tuple[Path, str, str]:

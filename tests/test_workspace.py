@@ -45,6 +45,22 @@ def test_shared_parents_and_references_stay_under_the_memory_bound(tmp_path, tin
     assert ws.parent(str(tiny_dir)) is not a  # loaded again, once asked for again
 
 
+def test_the_sessions_children_count_against_the_bound_too(ws, tiny_dir):
+    """Children are dropped before shared entries, the least recently active session's first."""
+    ws.build("alice", small(tiny_dir))
+    alice = ws.memory_bytes
+    child = sum(p.numel() * 4 for p in ws.session("alice").built[1].parameters())
+    bound = alice + child / 2  # room for half a child more
+    ws.limits = dataclasses.replace(ws.limits, memory_mb=bound / 2**20)
+    ws.outputs("alice", str(tiny_dir), "fits")  # alice's child is still there
+    ws.build("bob", small(tiny_dir))
+    assert ws.memory_bytes <= bound
+    assert ws.session("bob").built is not None and ws.session("alice").built is None
+    with pytest.raises(SubcloneError, match="build a child of this parent first"):
+        ws.outputs("alice", str(tiny_dir), "dropped to free memory")
+    assert ("parent", str(tiny_dir)) in ws.cached()  # the shared parent stayed
+
+
 def test_a_session_builds_exports_and_ends_without_a_trace(ws, tiny_dir):
     d, metrics = ws.build("alice", small(tiny_dir))
     assert metrics["params"] < metrics["parent_params"] and ws.session("alice").history[-1]["layers"] == 3
