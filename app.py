@@ -49,32 +49,32 @@ def _unexpected(e: Exception):
     return gr.Error(f"something went wrong ({type(e).__name__}); the request was not completed", print_exception=False)
 
 
+@contextlib.contextmanager
+def _one_line_errors():
+    try:
+        yield
+    except SubcloneError as e:
+        raise gr.Error(str(e), print_exception=False) from None
+    except gr.Error:
+        raise
+    except Exception as e:
+        raise _unexpected(e) from None
+
+
 def adapter(fn):
     """Every callback: a SubcloneError becomes one clear line in the page (gr.Error), anything else is logged and
     reported as one line too; never a traceback in the page, never a request's text in the log."""
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def run_gen(*args, **kwargs):
-            try:
+            with _one_line_errors():
                 yield from fn(*args, **kwargs)
-            except SubcloneError as e:
-                raise gr.Error(str(e), print_exception=False) from None
-            except gr.Error:
-                raise
-            except Exception as e:
-                raise _unexpected(e) from None
         return run_gen
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
-        try:
+        with _one_line_errors():
             return fn(*args, **kwargs)
-        except SubcloneError as e:
-            raise gr.Error(str(e), print_exception=False) from None
-        except gr.Error:
-            raise
-        except Exception as e:
-            raise _unexpected(e) from None
     return run
 
 

@@ -14,6 +14,7 @@ import threading
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -78,7 +79,7 @@ class Parent:
         """How cards and pages name this parent: never a path on the machine that made the child."""
         return self.hub_id or (self.name if self.name in BUILTIN else Path(self.source).name)
 
-    @property
+    @cached_property  # the weights in memory do not change: measured once, when first asked
     def fingerprint(self) -> str:
         """Identifies these weights for caches: the source, its config, and each weight file's size, modification
         time and safetensors header (new weights in the same folder get a new fingerprint)."""

@@ -196,21 +196,24 @@ class Workspace:
                 return table[key][0] if heavy else table[key]
             lock = self._making.setdefault(key, threading.Lock())
         with lock:
-            with self._lock:
-                table = self._heavy if heavy else self._small
-                if key in table:
-                    return table[key][0] if heavy else table[key]
-            value = make()
-            with self._lock:
-                if heavy:
-                    self._heavy[key] = (value, _nbytes(value))
-                    self._evict(keep=key)
-                else:
-                    self._small[key] = value
-                    while len(self._small) > 64:
-                        self._small.popitem(last=False)
-                self._making.pop(key, None)
-            return value
+            try:
+                with self._lock:
+                    table = self._heavy if heavy else self._small
+                    if key in table:
+                        return table[key][0] if heavy else table[key]
+                value = make()
+                with self._lock:
+                    if heavy:
+                        self._heavy[key] = (value, _nbytes(value))
+                        self._evict(keep=key)
+                    else:
+                        self._small[key] = value
+                        while len(self._small) > 64:
+                            self._small.popitem(last=False)
+                return value
+            finally:
+                with self._lock:
+                    self._making.pop(key, None)  # made or failed: no lock is left behind for this key
 
     def _evict(self, keep=None, keep_session: Session | None = None) -> None:
         """Back under Limits.memory_mb: first the children of the sessions seen longest ago (they can build

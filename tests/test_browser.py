@@ -66,7 +66,7 @@ def test_every_view_in_chromium(app_url, tmp_path):
         page.get_by_role("button", name="Build & evaluate").click()
         page.locator("span", has_text="top1_agreement").first.wait_for(timeout=180_000)
         page.get_by_role("button", name="Generate with both").click()
-        page.get_by_text("child", exact=True).first.wait_for(timeout=60_000)
+        page.locator("h5", has_text="child").first.wait_for(timeout=60_000)  # the child's generation
         shot(VIEWS[3])
 
         view(VIEWS[4])
@@ -92,6 +92,18 @@ def test_every_view_in_chromium(app_url, tmp_path):
         view(VIEWS[7])
         assert page.get_by_text("What weight subcloning is").count() == 1
         shot(VIEWS[7])
+
+        # an uploaded text: read into this session, named upload:<file> in the data box, and calibrated on
+        from subclone.data import load_text
+
+        lesson = tmp_path / "lesson.txt"
+        lesson.write_text(load_text("builtin")[::-1][:60_000])  # other text than the built-in one
+        view(VIEWS[0])
+        page.locator("input[type=file][accept*='.parquet']").set_input_files(str(lesson))
+        page.wait_for_function("() => [...document.querySelectorAll('textarea, input')].some("
+                               "e => e.value === 'upload:lesson.txt')", timeout=30_000)
+        page.get_by_role("button", name="Analyze").click()
+        page.get_by_text("tokens of upload:lesson.txt").wait_for(timeout=180_000)
         browser.close()
     assert not problems, "\n".join(problems)
     assert len(list(shots.glob("*.png"))) >= len(VIEWS)
