@@ -250,12 +250,17 @@ def on_heal(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neur
     design = _design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale)
     histories = {i: [] for i in inits or []}
     yield plots.curves(histories), "preparing the training text…", gr.skip()
+    status = "preparing the training text…"
     with contextlib.closing(WS.heal(_sid(request), design, steps, inits, distill)) as events:
         for kind, init, payload in events:
+            if kind == "tick":
+                yield gr.skip(), f"{status} · {payload} s", gr.skip()
+                continue
             if kind == "eval":
                 histories[init].append(payload)
-                yield (plots.curves(histories), f"training **{init}**: step {payload['step']} of {int(steps)}, "
-                       f"held-out loss {payload['eval_loss']}", gr.skip())
+                status = (f"training **{init}**: step {payload['step']} of {int(steps)}, held-out loss "
+                          f"{payload['eval_loss']}")
+                yield plots.curves(histories), status, gr.skip()
                 continue
             healed = payload
             rows = [dict(init=i, steps=result["steps"], lr=result["lr"], held_out_loss=result["eval_loss"],

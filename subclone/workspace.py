@@ -490,7 +490,7 @@ class Workspace:
 
     def heal(self, session_id: str | None, design: Design, steps, inits, distill=0.0) -> Iterator[tuple]:
         """Train the designed child from each init on equal terms. Yields ("eval", init, record) as held-out
-        losses arrive, then ("done", table rows). Ends, and stops its training thread, on every way out:
+        losses arrive, ("tick", None, seconds) every second in between, then ("done", best init, children). Ends, and stops its training thread, on every way out:
         finished, stopped, the session ended, the consumer closed the generator, or an error."""
         s = self.session(session_id)
         inits = [inits] if isinstance(inits, str) else list(inits or [])
@@ -513,11 +513,13 @@ class Workspace:
 
             worker = threading.Thread(target=work, daemon=True, name=f"heal-{s.id[:8]}")
             worker.start()
+            started = time.monotonic()
             try:
                 while True:
                     try:
-                        item = records.get(timeout=0.5)
-                    except queue.Empty:
+                        item = records.get(timeout=1.0)
+                    except queue.Empty:  # a tick each second: a consumer that cancels gets control back
+                        yield ("tick", None, round(time.monotonic() - started))
                         continue
                     if item is None:
                         break

@@ -86,10 +86,17 @@ def tiny_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def app_url():
-    """The app, launched as `make run` does, on a free port; shared by the API and browser tests."""
-    with launch_app({"SUBCLONE_MAX_STEPS": str(10**6)}) as (url, _):  # a run that outlasts its session
-        yield url
+def app():
+    """The app, launched as `make run` does, on a free port; shared by the API and browser tests. (url, process)"""
+    import psutil
+
+    with launch_app({"SUBCLONE_MAX_STEPS": str(10**6)}) as (url, proc):  # a run that outlasts its session
+        yield url, psutil.Process(proc.pid)
+
+
+@pytest.fixture(scope="session")
+def app_url(app):
+    return app[0]
 
 
 SPACE_MEMORY_MB = 1500  # one SmolLM2 parent (540 MB) and its evaluation (400 MB) fit; a second pair would not

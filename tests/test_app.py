@@ -1,5 +1,6 @@
 """The app, driven as a user's script would: launched on a free port, called through gradio_client."""
 import json
+import time
 import zipfile
 
 import pytest
@@ -121,3 +122,26 @@ def test_closing_the_tab_stops_its_training_and_a_trained_child_exports(app_url,
     card = (tmp_path / "README.md").read_text()
     assert "from random initialization, then trained for 2 steps" in card and "after training)" in card
     assert json.loads((tmp_path / "training.json").read_text())["steps"] == 2
+
+
+@pytest.mark.slow
+def test_cancelling_a_training_run_ends_it(app, tiny_dir):
+    """The client stays, but cancels its /heal: the run stops using the CPU within seconds."""
+    from gradio_client import Client
+
+    from .test_concurrency import busy
+
+    url, proc = app
+    client = Client(url, verbose=False)
+    job = client.submit(parent=str(tiny_dir), data="builtin", layers=3, hidden=24, ffn=20, heads=4, kv_heads=2,
+                        block_rule="magnitude", neuron_rule="importance", scale=SCALE, inits=["random"], distill=0,
+                        steps=10**6, api_name="/heal")
+    for _curves, status, *_ in job:
+        if "·" in status:  # a tick: training is under way
+            break
+    assert busy(proc) > 0.5
+    job.cancel()
+    deadline = time.monotonic() + 30
+    while busy(proc) > 0.2:
+        assert time.monotonic() < deadline, "the cancelled run still trains"
+    client.close()

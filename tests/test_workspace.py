@@ -94,8 +94,8 @@ def _heal_threads():
 
 def test_closing_the_training_generator_ends_the_training(ws, tiny_dir):
     events = ws.heal("carol", small(tiny_dir), steps=10_000, inits=["random"])
-    kind, init, record = next(events)
-    assert kind == "eval" and _heal_threads()
+    kind, _, _ = next(events)
+    assert kind in ("tick", "eval") and _heal_threads()  # under way, and the consumer has control
     events.close()  # what Gradio does when the client disconnects or cancels
     assert not _heal_threads() and not ws.session("carol").jobs
 
