@@ -177,9 +177,10 @@ def cmd_eval(args) -> dict:
     parent = ws.parent(parent_name)
     if parent.family.kind != family.kind:
         raise SubcloneError(f"the child is a {family.name} model but parent '{parent_name}' is {parent.family.name}")
-    ref = reference(parent.model, held_out(parent, ws.text(args.data)), family.kind, speed=not args.no_speed)
+    ref = reference(parent.model, held_out(parent, ws.text(args.data)), family.kind, speed=False)
     residual = record.get("residual")
-    result = evaluate(child, ref, residual=residual if isinstance(residual, list) else None, speed=not args.no_speed)
+    result = evaluate(child, ref, residual=residual if isinstance(residual, list) else None, speed=not args.no_speed,
+                      parent_model=parent.model)
     return dict(model=str(model_dir), parent=parent.name, **result)
 
 

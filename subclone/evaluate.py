@@ -128,11 +128,30 @@ def compare_encoder(child, ref: Reference, residual: list[int] | None) -> dict:
                 eval_sequences=len(ref.tokens.ids))
 
 
-def evaluate(child, ref: Reference, residual: list[int] | None = None, speed: bool = True) -> dict:
-    """Everything the CLI's `eval` and the app's results table show, as one flat dict."""
+@torch.no_grad()
+def paired_speed(parent_model, child, tokens: Tokens, kind: str, repeats: int = 3) -> dict:
+    """Parent and child timed back to back, alternating, in one call, so that whatever else the machine does hits
+    both alike; the speed-up is the median of the paired ratios, with their range."""
+    parent_ms, child_ms = [], []
+    for _ in range(repeats):
+        parent_ms.append(ms_per_token(parent_model, tokens, kind, repeats=1))
+        child_ms.append(ms_per_token(child, tokens, kind, repeats=1))
+    ratios = sorted(p / c for p, c in zip(parent_ms, child_ms))
+    return dict(ms_per_token=round(statistics.median(child_ms), 3),
+                parent_ms_per_token=round(statistics.median(parent_ms), 3),
+                speedup=round(statistics.median(ratios), 2), speedup_range=[round(ratios[0], 2), round(ratios[-1], 2)],
+                speed_measured=f"parent and child alternately, {repeats} times each, greedy decoding on this machine")
+
+
+def evaluate(child, ref: Reference, residual: list[int] | None = None, speed: bool = True,
+             parent_model=None) -> dict:
+    """Everything the CLI's `eval` and the app's results table show, as one flat dict. With the parent model given,
+    speed is measured for parent and child side by side (`paired_speed`); else against the Reference's timing."""
     out = compare_lm(child, ref) if ref.kind == "causal-lm" else compare_encoder(child, ref, residual)
     out.update(params=n_params(child), parent_params=ref.params, size_mb=size_mb(child), parent_size_mb=ref.size_mb)
-    if speed:
+    if speed and parent_model is not None:
+        out.update(paired_speed(parent_model, child, ref.tokens, ref.kind))
+    elif speed:
         out["ms_per_token"] = ms_per_token(child, ref.tokens, ref.kind)
         if ref.ms_per_token is not None:
             out["parent_ms_per_token"] = ref.ms_per_token

@@ -31,8 +31,10 @@ def _importance(scores, k, gen):
     return scores.topk(k).indices
 
 
-def _uniform(scores, k, gen):  # weight selection: evenly spaced, whatever the scores
-    return torch.linspace(0, len(scores) - 1, k).round().long()
+def _uniform(scores, k, gen):
+    """Weight selection (Xu et al., 2023), whatever the scores: evenly spaced from the first, every (d/k)-th when k
+    divides d, else floor(i·d/k)."""
+    return torch.arange(k) * len(scores) // k
 
 
 def _first(scores, k, gen):
@@ -76,13 +78,14 @@ def _rule(table: dict, name: str, what: str):
 def parse_block_list(text: str, n_layers: int) -> list[int] | None:
     """'0-11,20,25-29' -> sorted indices; None when text is a rule name instead. Every index is checked against
     the parent's depth before any range is made, so '0-99999999999' costs nothing."""
-    if not text or not (text[0].isdigit()):
+    digits = lambda t: t.isascii() and t.isdigit()  # noqa: E731 ('²' is a digit to str.isdigit, not to int)
+    if not text or not digits(text[0]):
         return None
     out = set()
     for part in text.split(","):
         lo, _, hi = part.strip().partition("-")
-        if not (lo.isdigit() and (hi.isdigit() or not hi)) or len(lo) > 6 or len(hi) > 6:
-            if lo.isdigit() and (hi.isdigit() or not hi):  # digits, just far too many
+        if not (digits(lo) and (digits(hi) or not hi)) or len(lo) > 6 or len(hi) > 6:
+            if digits(lo) and (digits(hi) or not hi):  # digits, just far too many
                 raise SubcloneError(f"block list '{shown(text)}' names a block beyond the parent's "
                                     f"blocks 0-{n_layers - 1}")
             raise SubcloneError(f"cannot read block list '{shown(text)}': write indices and ranges like 0-11,20,25-29")

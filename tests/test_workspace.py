@@ -135,3 +135,14 @@ def test_a_design_from_odd_values_is_a_clear_error(values, says):
         import app
 
         app._design(**{**base, **values})
+
+
+@pytest.mark.slow
+def test_a_two_thirds_child_is_measurably_faster(tmp_path):
+    """Parent and child are timed side by side in the same call, so a smaller child shows a speed-up above 1 even
+    on a busy machine (SmolLM2 -> 24 layers / 504 / 1280, 67 % of the parameters)."""
+    ws = Workspace(Limits.local(), tmp_path / "s")
+    _, m = ws.build("me", Design.of(ws.limits, "smollm2-135m", "builtin", 24, 504, 1280, 9, 3))
+    assert 0.6 < m["params"] / m["parent_params"] < 0.7
+    assert m["speedup"] > 1 and m["speedup_range"][0] <= m["speedup"] <= m["speedup_range"][1]
+    assert "alternately" in m["speed_measured"]

@@ -1,0 +1,193 @@
+"""The method itself, pinned on tiny models with planted structure: what is measured as important is what is kept,
+in the right place of every tensor, scaled by the right factor; reversing or shuffling a ranking fails here."""
+import math
+
+import pytest
+import torch
+
+from subclone import build, make_plan, resolve_shape
+from subclone.arch import F, KV, Q, QKV, R
+from subclone.data import Tokens
+from subclone.importance import Importance, measure
+from subclone.plan import BLOCK_RULES, count, is_tied
+
+from .conftest import ids, tiny_parent
+
+
+def planted(name: str):
+    """A tiny parent with planted structure: residual dims 5 and 17 carry huge activations (embedding columns),
+    block 1 does nothing (its output projections are zero), FFN neuron 3 of block 0 and the last KV group of
+    block 2 carry much more than the others."""
+    parent = tiny_parent(name)
+    sd = parent.model.state_dict()
+    fam, s = parent.family, parent.shape
+    emb = next(k for k in fam.embeddings if "position" not in k and "type" not in k and "wpe" not in k)
+    with torch.no_grad():
+        sd[emb][:, [5, 17]] *= 30
+        for key, axes in fam.block.items():
+            full = f"{fam.layers}.1.{key}"
+            if full in sd and len(axes) == 2 and R in (axes[1] if fam.weights_in_out else axes[0]) and \
+                    (F in axes or Q in axes):  # the projections that write into the residual stream
+                sd[full].zero_()
+                if f"{full[:-6]}bias" in sd:
+                    sd[f"{full[:-6]}bias"].zero_()
+        for key, axes in fam.block.items():  # neuron 3 of block 0: a large bias (GELU), or larger weights (SwiGLU)
+            full = f"{fam.layers}.0.{key}"
+            if full not in sd:
+                continue
+            if axes == (F,):
+                sd[full][3] += 10
+            elif len(axes) == 2 and axes[0 if not fam.weights_in_out else -1] == F and f"{full[:-6]}bias" not in sd:
+                sd[full][3] *= 20
+    return parent
+
+
+@pytest.fixture(params=["llama", "qwen2", "gpt2", "bert"])
+def family(request):
+    return request.param
+
+
+@pytest.fixture
+def setup(family):
+    parent = planted(family)
+    return parent, measure(parent, Tokens(ids(8, 16, seed=7)))
+
+
+def test_measured_importance_finds_what_was_planted(setup):
+    parent, imp = setup
+    assert set(imp.residual_ranking.topk(2).indices.tolist()) == {5, 17}
+    assert imp.ffn[0].argmax().item() == 3
+    if parent.family.kind == "causal-lm":  # pre-norm: a zero block adds nothing, y = x
+        assert imp.magnitude.argmin().item() == 1 and imp.magnitude[1] < 1e-6 and imp.bi[1] < 1e-6
+
+
+def test_the_plan_keeps_the_top_of_every_ranking(setup):
+    """With reversed rankings these sets would be the bottom ones; shuffled, they would be arbitrary."""
+    parent, imp = setup
+    p = parent.shape
+    shape = resolve_shape(parent.family, p, layers=p.layers - 1, hidden=p.hidden // 2 // p.heads * p.heads
+                          if not parent.family.head_dim_from_hidden else None, ffn=p.ffn // 2)
+    plan = make_plan(parent, imp, shape, block_rule="magnitude")
+    assert plan.residual == sorted(imp.residual_ranking.topk(shape.hidden).indices.tolist())
+    assert {5, 17} <= set(plan.residual)
+    for j, layer in enumerate(plan.layers):
+        assert plan.ffn[j] == sorted(imp.ffn[layer].topk(shape.ffn).indices.tolist())
+    assert 3 in plan.ffn[plan.layers.index(0)]
+    if parent.family.kind == "causal-lm":
+        assert 1 not in plan.layers  # the block that does nothing is the one dropped
+
+
+def test_heads_kept_are_the_strongest_whole_groups():
+    parent = tiny_parent("llama")  # 6 heads in 3 KV groups of 2
+    L, H = parent.shape.layers, parent.shape.heads
+    scores = torch.arange(L * H, dtype=torch.float).view(L, H).flip(1)  # head 0 strongest ... head 5 weakest
+    imp = Importance(residual=torch.rand(L, parent.shape.hidden), ffn=torch.rand(L, parent.shape.ffn), heads=scores,
+                     magnitude=torch.rand(L), bi=torch.rand(L))
+    plan = make_plan(parent, imp, resolve_shape(parent.family, parent.shape, heads=2, kv_heads=1))
+    assert plan.kv_heads == [[0]] * L and plan.heads == [[0, 1]] * L  # group 0: heads 0 and 1
+    plan = make_plan(parent, imp, resolve_shape(parent.family, parent.shape, heads=2, kv_heads=2))
+    assert plan.kv_heads == [[0, 1]] * L and plan.heads == [[0, 2]] * L  # the stronger head of groups 0 and 1
+
+
+def test_which_blocks_each_rule_drops():
+    parent = tiny_parent("llama")  # 4 blocks
+    L = 4
+    imp = Importance(residual=torch.rand(L, 48), ffn=torch.rand(L, 40), heads=torch.rand(L, 6),
+                     magnitude=torch.tensor([0.9, 0.1, 0.5, 0.3]), bi=torch.tensor([0.2, 0.8, 0.1, 0.9]))
+    kept = {rule: BLOCK_RULES[rule](imp, 2) for rule in BLOCK_RULES}
+    assert sorted(kept["magnitude"]) == [0, 2] and sorted(kept["bi"]) == [1, 3]
+    assert sorted(kept["first"]) == [0, 1] and sorted(kept["middle"]) == [0, 3]
+    assert sorted(BLOCK_RULES["middle"](imp, 3)) in ([0, 1, 3], [0, 2, 3])
+
+
+def _select(t, dim, idx):
+    return t.index_select(dim, torch.as_tensor(idx))
+
+
+def _dims(heads, head_dim):
+    return [h * head_dim + d for h in heads for d in range(head_dim)]
+
+
+@pytest.mark.parametrize("name", ["gpt2", "bert"])
+def test_fused_and_separate_attention_weights_value_by_value(name):
+    """GPT-2's c_attn holds q | k | v side by side: each part is cut at its own offset. BERT's q, k, v and output
+    are cut by the same kept heads. Checked element by element against the parent, without scaling."""
+    parent = tiny_parent(name)  # hidden 32 = 4 heads of 8
+    p = parent.shape
+    imp = Importance(residual=torch.rand(p.layers, p.hidden), ffn=torch.rand(p.layers, p.ffn),
+                     heads=torch.tensor([[0.1, 0.9, 0.2, 0.8]] * p.layers), magnitude=torch.rand(p.layers),
+                     bi=torch.rand(p.layers))
+    plan = make_plan(parent, imp, resolve_shape(parent.family, p, heads=2), scale=False)
+    assert plan.heads == [[1, 3]] * p.layers
+    child, parent_sd = build(parent, plan).state_dict(), parent.model.state_dict()
+    res, q = plan.residual, _dims([1, 3], p.head_dim)
+    for j, layer in enumerate(plan.layers):
+        P, C = f"{parent.family.layers}.{layer}.", f"{parent.family.layers}.{j}."
+        if name == "gpt2":
+            w, b = parent_sd[P + "attn.c_attn.weight"], parent_sd[P + "attn.c_attn.bias"]
+            for part in range(3):  # q, k, v: offsets 0, hidden, 2 hidden in the parent; 0, h', 2 h' in the child
+                cols = [part * p.hidden + i for i in q]
+                got = child[C + "attn.c_attn.weight"][:, part * len(q):(part + 1) * len(q)]
+                assert torch.equal(got, _select(_select(w, 0, res), 1, cols))
+                assert torch.equal(child[C + "attn.c_attn.bias"][part * len(q):(part + 1) * len(q)], b[cols])
+            assert torch.equal(child[C + "attn.c_proj.weight"],
+                               _select(_select(parent_sd[P + "attn.c_proj.weight"], 0, q), 1, res))
+        else:
+            for proj in ("query", "key", "value"):
+                key = f"attention.self.{proj}."
+                assert torch.equal(child[C + key + "weight"], _select(_select(parent_sd[P + key + "weight"], 0, q), 1,
+                                                                      res))
+                assert torch.equal(child[C + key + "bias"], parent_sd[P + key + "bias"][q])
+            assert torch.equal(child[C + "attention.output.dense.weight"],
+                               _select(_select(parent_sd[P + "attention.output.dense.weight"], 0, res), 1, q))
+
+
+def test_flops_per_token_by_hand():
+    parent = tiny_parent("llama")  # vocab 300, hidden 48, ffn 40, 6 heads / 3 kv of 8, 4 layers
+    s = resolve_shape(parent.family, parent.shape, layers=3, hidden=24, ffn=20, heads=4, kv_heads=2)
+    hd, ctx = s.head_dim, 256
+    per_layer = 2 * (s.hidden * s.heads * hd  # q
+                     + 2 * s.hidden * s.kv_heads * hd  # k, v
+                     + s.heads * hd * s.hidden  # o
+                     + 3 * s.hidden * s.ffn)  # gate, up, down
+    attention = 2 * 2 * s.heads * hd * ctx  # q.k and attention-weighted v
+    lm_head = 2 * 300 * s.hidden  # the embedding lookup costs no multiply
+    params, flops = count(parent.model, parent.family, s, is_tied(parent.model), context=ctx)
+    assert flops == s.layers * (per_layer + attention) + lm_head
+    norms = s.layers * 2 * s.hidden + s.hidden
+    assert params == 300 * s.hidden + s.layers * per_layer // 2 + norms  # tied head counted once
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2", "bert"])
+def test_every_scaling_factor(name):
+    """Each weight matrix is multiplied by √(d/d′) of the group of its fan-in, embeddings by √(hidden/hidden′),
+    norms and biases by nothing."""
+    parent = tiny_parent(name)
+    p, fam = parent.shape, parent.family
+    imp = measure(parent, Tokens(ids(4, 16, seed=7)))
+    heads = 2
+    shape = resolve_shape(fam, p, heads=heads, hidden=None if fam.head_dim_from_hidden else 24, ffn=p.ffn // 2,
+                          kv_heads=None)
+    plain = build(parent, make_plan(parent, imp, shape, scale=False)).state_dict()
+    scaled = build(parent, make_plan(parent, imp, shape, scale=True)).state_dict()
+    ratio = {R: p.hidden / shape.hidden, F: p.ffn / shape.ffn, Q: p.heads / shape.heads}
+    for key, t in plain.items():
+        layer, inner, axes = fam.locate(key if not key.startswith(fam.layers) else key)
+        if key in fam.embeddings or key == fam.lm_head:
+            factor = math.sqrt(p.hidden / shape.hidden)
+        elif len(axes) == 2:
+            fan_in = axes[0] if fam.weights_in_out else axes[1]
+            factor = math.sqrt(ratio[QKV if fan_in == QKV else fan_in]) if fan_in in ratio else 1.0
+        else:
+            factor = 1.0
+        assert torch.allclose(scaled[key], t * factor, rtol=1e-6, atol=0), (key, factor)
+
+
+def test_uniform_is_the_published_weight_selection():
+    """Evenly spaced from the first element: every (d/k)-th when k divides d, else floor(i·d/k); scores ignored."""
+    from subclone.plan import NEURON_RULES
+
+    uniform = NEURON_RULES["uniform"]
+    assert uniform(torch.rand(48), 24, None).tolist() == list(range(0, 48, 2))
+    assert uniform(torch.rand(40), 16, None).tolist() == [int(i * 2.5) for i in range(16)]
+    assert uniform(torch.rand(576), 504, None).tolist() == [i * 576 // 504 for i in range(504)]
