@@ -351,22 +351,24 @@ class Workspace:
     # ---- the steps, as the app and the CLI call them ----------------------------------------------
 
     def design(self, design: Design, session: Session | None = None, compute: bool = False,
-               progress: Progress | None = None) -> Designed:
-        """Parent, text, snapped shape, and the plan when importance exists (measured only when compute)."""
+               progress: Progress | None = None, plan: bool = True) -> Designed:
+        """Parent, text, snapped shape, and (with plan) the plan when importance exists (measured only when
+        compute)."""
         text = self.text(design.data, session)  # first: a refused spec costs nothing
         parent = self.parent(design.parent)
         given = {k: getattr(design, k) for k in ("layers", "hidden", "ffn", "heads", "kv_heads")}
         sizes = {k: getattr(parent.shape, k) if v is None else v for k, v in given.items()}
         shape, notes = snap_shape(parent.family, parent.shape, **sizes)
         imp = self.importance(parent, text, compute=compute, progress=progress)
-        plan = None if imp is None else make_plan(parent, imp, shape, block_rule=design.block_rule,
-                                                  neuron_rule=design.neuron_rule, scale=design.scale_choice)
+        made = None if imp is None or not plan else make_plan(parent, imp, shape, block_rule=design.block_rule,
+                                                              neuron_rule=design.neuron_rule,
+                                                              scale=design.scale_choice)
         key = (self.parent_key(design.parent), text.digest, shape, design.block_rule, design.neuron_rule, design.scale)
-        return Designed(parent, text, shape, notes, imp, plan, key)
+        return Designed(parent, text, shape, notes, imp, made, key)
 
     def preview(self, design: Design, session: Session | None = None) -> tuple[Designed, dict, list[int] | None]:
         """Sizes of the designed child (instant: nothing is built) and the blocks it keeps, when analyzed."""
-        d = self.design(design, session)
+        d = self.design(design, session, plan=False)  # on every slider move: no plan, no model
         kept = choose_layers(d.importance, d.shape.layers, design.block_rule) if d.importance is not None else None
         return d, describe(d.parent, d.shape), kept
 
