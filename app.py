@@ -22,7 +22,7 @@ from gradio.utils import get_upload_folder
 from subclone import SubcloneError, plots
 from subclone.limits import Limits
 from subclone.parents import BUILTIN, DEFAULT_PARENT
-from subclone.plan import BLOCK_RULES, DEFAULT_SCALE, NEURON_RULES, SCALE_GROUPS
+from subclone.plan import BLOCK_RULES, DEFAULT_SCALE, NEURON_RULES, SCALE_GROUPS, SCORES
 from subclone.train import INITS
 from subclone.workspace import Design, Workspace
 
@@ -79,12 +79,13 @@ def adapter(fn):
 
 
 def _design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule="magnitude", neuron_rule="importance",
-            scale=()) -> Design:
+            scale=(), score="activation") -> Design:
     """The widgets' values as one Design; a missing slider value is an error, not 'the parent's size'."""
     for name, value in zip(SLIDERS, (layers, hidden, ffn, heads, kv_heads)):
         if value is None:
             raise SubcloneError(f"{name} must be a number, got nothing")
-    return Design.of(WS.limits, parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale)
+    return Design.of(WS.limits, parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale,
+                     score)
 
 
 def _human(n: int) -> str:
@@ -161,11 +162,12 @@ def on_preview(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, r
     return "  \n".join(lines), plots.block_strip(d.parent.shape.layers, kept)
 
 
-def on_design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale,
+def on_design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale, score,
               request: gr.Request):
     """Redraw the anatomy with what the current child drops greyed out (a separate event: figures are heavier)."""
     try:
-        d = WS.design(_design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale),
+        d = WS.design(_design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale,
+                              score),
                       WS.session(_sid(request)))
     except SubcloneError:
         return [gr.skip()] * 7  # the readout already says what is wrong
@@ -178,9 +180,10 @@ def on_design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, ne
 
 
 @adapter
-def on_drop_one(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale,
+def on_drop_one(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale, score,
                 request: gr.Request, progress=gr.Progress()):
-    design = _design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale)
+    design = _design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale,
+                     score)
     d, scores = WS.drop_one(_sid(request), design, progress=_gradio_progress(progress))
     return plots.blocks_chart(d.importance, scores, d.plan, d.parent.family.kind)
 
@@ -188,9 +191,10 @@ def on_drop_one(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, 
 # ---- 4. evaluate ---------------------------------------------------------------------------------
 
 @adapter
-def on_build(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale,
+def on_build(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale, score,
              request: gr.Request, progress=gr.Progress()):
-    design = _design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale)
+    design = _design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale,
+                     score)
     d, r = WS.build(_sid(request), design, progress=_gradio_progress(progress))
     keys = ["params", "size_mb", "perplexity", "ms_per_token"] if d.parent.family.kind == "causal-lm" else \
         ["params", "size_mb", "ms_per_token"]
@@ -217,9 +221,10 @@ def on_outputs(parent, prompt, request: gr.Request):
 # ---- 5. tradeoffs --------------------------------------------------------------------------------
 
 @adapter
-def on_sweep(parent, data, depths, widths, heads, kv_heads, block_rule, neuron_rule, scale, request: gr.Request,
+def on_sweep(parent, data, depths, widths, heads, kv_heads, block_rule, neuron_rule, scale, score, request: gr.Request,
              progress=gr.Progress()):
-    design = Design.of(WS.limits, parent, data, None, None, None, heads, kv_heads, block_rule, neuron_rule, scale)
+    design = Design.of(WS.limits, parent, data, None, None, None, heads, kv_heads, block_rule, neuron_rule, scale,
+                       score)
     frame, csv = WS.sweep(_sid(request), design, depths, widths, progress=_gradio_progress(progress))
     return plots.pareto_chart(frame), frame, str(csv)
 
@@ -227,9 +232,10 @@ def on_sweep(parent, data, depths, widths, heads, kv_heads, block_rule, neuron_r
 # ---- 6. export -----------------------------------------------------------------------------------
 
 @adapter
-def on_export(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale, hub_repo="",
+def on_export(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale, score, hub_repo="",
               hub_token="", request: gr.Request = None, progress=gr.Progress()):
-    design = _design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale)
+    design = _design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale,
+                     score)
     archive, card, url = WS.export(_sid(request), design, hub_repo, hub_token, progress=_gradio_progress(progress))
     status = _archive_status(archive) + (f"  \nPushed to the Hub: {url}" if url else "")
     return str(archive), status, _card_preview(card)
@@ -244,10 +250,11 @@ def _card_preview(card: str) -> str:
 # ---- heal (recovery training) -------------------------------------------------------------------
 
 @adapter
-def on_heal(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale, steps, inits, distill,
-            request: gr.Request):
+def on_heal(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale, score, steps, inits,
+            distill, request: gr.Request):
     """Train the designed child from each chosen init, streaming the loss curves; Stop ends it early."""
-    design = _design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale)
+    design = _design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale,
+                     score)
     histories = {i: [] for i in inits or []}
     yield plots.curves(histories), "preparing the training text…", gr.skip()
     status = "preparing the training text…"
@@ -347,6 +354,9 @@ with gr.Blocks(title="subclone") as demo:
                                           info="importance = the paper; uniform = weight selection")
                 scale = gr.CheckboxGroup(list(SCALE_GROUPS), value=[g for g, on in DEFAULT_SCALE.items() if on],
                                          label="scale weights by √(d/d′) on", info="fan-in groups")
+                score = gr.Dropdown(list(SCORES), value="activation", label="neuron score",
+                                    info="activation = the paper; activation-weight also weighs the weights that "
+                                         "read each neuron and head")
             readout = gr.Markdown()
             strip = gr.HTML()
             with gr.Row():
@@ -405,7 +415,7 @@ with gr.Blocks(title="subclone") as demo:
         with gr.Tab("8 · Learn", id="learn"):
             gr.Markdown(LEARN)
 
-    design_in = [parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale]
+    design_in = [parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale, score]
     sliders = [layers, hidden, ffn, heads, kv_heads]
     anatomy = [fig_residual, fig_consistency, fig_heads, fig_ffn, fig_blocks, design_heads, design_residual]
     preview_in = [parent, data, *sliders, block_rule]
@@ -420,14 +430,15 @@ with gr.Blocks(title="subclone") as demo:
         on_warm, [parent, data], None, api_name=False, show_progress="hidden", **RAW)
     gr.on([w.change for w in (*sliders, block_rule)], on_preview, preview_in, [readout, strip],
           api_name="preview", show_progress="hidden", trigger_mode="always_last", **RAW)
-    gr.on([*(w.change for w in sliders), block_rule.change, neuron_rule.change, scale.change], on_design, design_in,
+    gr.on([*(w.change for w in sliders), block_rule.change, neuron_rule.change, scale.change, score.change], on_design,
+          design_in,
           anatomy, api_name=False, show_progress="hidden", trigger_mode="always_last", **RAW)
     demo.load(on_preview, preview_in, [readout, strip], api_name=False, **RAW).then(
         on_design, design_in, anatomy, api_name=False, **RAW)
     drop_btn.click(on_drop_one, design_in, fig_blocks, api_name="drop_one", **RAW)
     build_btn.click(on_build, design_in, [results, history_table], api_name="build", **RAW)
     outputs_btn.click(on_outputs, [parent, prompt], [parent_out, child_out], api_name="outputs", **RAW)
-    sweep_btn.click(on_sweep, [parent, data, depths, widths, heads, kv_heads, block_rule, neuron_rule, scale],
+    sweep_btn.click(on_sweep, [parent, data, depths, widths, heads, kv_heads, block_rule, neuron_rule, scale, score],
                     [fig_pareto, sweep_table, sweep_csv], api_name="sweep", **RAW)
     heal_btn.click(on_heal, [*design_in, steps, inits, distill], [fig_curves, heal_status, heal_table],
                    api_name="heal", **RAW)

@@ -33,6 +33,8 @@ def _shape_flags(p):
     p.add_argument("--block-rule", default="magnitude",
                    help="magnitude (the paper), bi, middle, first, or a block list like 0-11,18-29")
     p.add_argument("--neuron-rule", default="importance", help="importance (the paper), uniform, first, random")
+    p.add_argument("--score", default="activation",
+                   help="what ranks FFN neurons and heads: activation (the paper) or activation-weight")
     p.add_argument("--no-scale", action="store_true", help="do not rescale sliced weights by sqrt(d/d')")
     p.add_argument("--seed", type=int, default=0, help="for the random neuron rule")
 
@@ -100,7 +102,8 @@ def _design(ws, args):
 
     return Design.of(ws.limits, args.parent, args.data, args.layers, args.hidden, args.ffn, args.heads, args.kv_heads,
                      args.block_rule, args.neuron_rule, () if args.no_scale else tuple(k for k, on in
-                                                                                       DEFAULT_SCALE.items() if on))
+                                                                                       DEFAULT_SCALE.items() if on),
+                     args.score)
 
 
 def cmd_analyze(args) -> dict:
@@ -135,14 +138,14 @@ def cmd_clone(args) -> dict:
     text = ws.text(design.data)
     imp = ws.importance(parent, text, compute=True)
     plan = make_plan(parent, imp, shape, block_rule=design.block_rule, neuron_rule=design.neuron_rule,
-                     scale=False if args.no_scale else None, seed=args.seed)
+                     scale=False if args.no_scale else None, seed=args.seed, score=design.score)
     child = build(parent, plan)
     write(child, parent.tokenizer, plan, args.out, model_card(parent, child, plan, text),
           extra=dict(data=text.name, parent_params=parent.model.num_parameters()), protect=[parent.source])
     return dict(out=args.out, parent=parent.name, shape=plan.shape.to_dict(), layers=plan.layers,
                 params=plan.params, parent_params=parent.model.num_parameters(),
                 flops_per_token=plan.flops_per_token, block_rule=plan.block_rule, neuron_rule=plan.neuron_rule,
-                scale=plan.scale)
+                scale=plan.scale, score=plan.score)
 
 
 def cmd_eval(args) -> dict:
@@ -205,7 +208,8 @@ def cmd_train(args) -> dict | None:
     text = ws.text(design.data)
     imp = ws.importance(parent, text, compute=True) if args.init != "random" else None
     child, plan = init_child(parent, imp, shape, args.init, seed=args.seed, block_rule=design.block_rule,
-                             neuron_rule=design.neuron_rule, scale=False if args.no_scale else None)
+                             neuron_rule=design.neuron_rule, scale=False if args.no_scale else None,
+                             score=design.score)
     train_tokens, eval_tokens = text_tokens(parent, text, args.seq_len)
     child, result = train(child, train_tokens, eval_tokens, config, init=args.init,
                           teacher=parent.model if args.distill > 0 else None)

@@ -3,7 +3,7 @@
 Hands the plan an `Importance` record of plain tensors, per block of the parent:
 - residual (L, H): mean |activation| of each residual-stream dimension at each block's output;
   `residual.sum(0)` is the one ranking shared by every layer (the residual stream is shared).
-- ffn (L, F): mean |input of the FFN down projection| per hidden neuron.
+- ffn (L, F): mean |input of the FFN down projection| per hidden neuron; ffn_rms (L, F): its root mean square.
 - heads (L, Hq): mean L2 norm of each query head's output (input of the attention out projection).
 - magnitude (L,): relative magnitude ||f(x)|| / ||x + f(x)|| of each block y = x + f(x) (the paper).
 - bi (L,): block influence 1 - cos(x, y) (ShortGPT).
@@ -29,7 +29,8 @@ from .evaluate import mean_loss, pooled
 from .parents import Parent, home
 
 Progress = Callable[[float, str], None]
-FIELDS = ("residual", "ffn", "heads", "magnitude", "bi")
+FIELDS = ("residual", "ffn", "heads", "magnitude", "bi", "ffn_rms")
+VERSION = 2  # in the cache key: records of an older version (fewer fields) are measured again
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Importance:
     heads: torch.Tensor
     magnitude: torch.Tensor
     bi: torch.Tensor
+    ffn_rms: torch.Tensor | None = None  # None in hand-made records: the neuron score 'activation' does not need it
     meta: dict = field(default_factory=dict)  # parent, data, tokens, seconds
 
     @property
@@ -59,7 +61,7 @@ class Importance:
         path = Path(path)
         tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
         try:
-            save_file({k: getattr(self, k).contiguous() for k in FIELDS}, str(tmp),
+            save_file({k: getattr(self, k).contiguous() for k in FIELDS if getattr(self, k) is not None}, str(tmp),
                       metadata={"meta": json.dumps(self.meta)})
             os.replace(tmp, path)
         finally:
@@ -120,7 +122,7 @@ def measure(parent: Parent, tokens: data_mod.Tokens, batch_size: int = 4,
     fam, shape = parent.family, parent.shape
     blocks = parent.model.get_submodule(fam.layers)
     L = len(blocks)
-    acc = dict(residual=torch.zeros(L, shape.hidden), ffn=torch.zeros(L, shape.ffn),
+    acc = dict(residual=torch.zeros(L, shape.hidden), ffn=torch.zeros(L, shape.ffn), ffn_rms=torch.zeros(L, shape.ffn),
                heads=torch.zeros(L, shape.heads), magnitude=torch.zeros(L), bi=torch.zeros(L))
     block_in = {}
 
@@ -136,7 +138,9 @@ def measure(parent: Parent, tokens: data_mod.Tokens, batch_size: int = 4,
             acc["bi"][i] += (1 - torch.nn.functional.cosine_similarity(x, y, dim=-1)).sum()
 
         def pre_ffn(_, args, kwargs):
-            acc["ffn"][i] += _first(args, kwargs, "input").abs().sum((0, 1))
+            a = _first(args, kwargs, "input")
+            acc["ffn"][i] += a.abs().sum((0, 1))
+            acc["ffn_rms"][i] += a.pow(2).sum((0, 1))
 
         def pre_heads(_, args, kwargs):
             z = _first(args, kwargs, "input")
@@ -155,12 +159,14 @@ def measure(parent: Parent, tokens: data_mod.Tokens, batch_size: int = 4,
             if progress:
                 progress(done / n, f"calibration batch {done}/{n}")
     count = tokens.count
-    return Importance(**{k: v / count for k, v in acc.items()})
+    imp = Importance(**{k: v / count for k, v in acc.items()})
+    imp.ffn_rms = imp.ffn_rms.sqrt()
+    return imp
 
 
 def cache_path(parent: Parent, text: data_mod.Text, seq_len: int = 256, samples: int = 16) -> Path:
     """Where the record for this parent (its weights), text and settings is cached."""
-    key = f"{parent.fingerprint}-{data_mod.digest(text.calibration)}-{seq_len}x{samples}"
+    key = f"{parent.fingerprint}-{data_mod.digest(text.calibration)}-{seq_len}x{samples}-v{VERSION}"
     return home() / "importance" / f"{key}.safetensors"
 
 

@@ -48,6 +48,32 @@ def _random(scores, k, gen):
 NEURON_RULES = {"importance": _importance, "uniform": _uniform, "first": _first, "random": _random}
 
 
+# ---- neuron scores: what ranks FFN neurons and heads before a neuron rule picks from the ranking ---------
+
+SCORES = {
+    "activation": "the paper: mean |activation| of each FFN neuron, mean norm of each head's output",
+    "activation-weight": "activation (root mean square for FFN neurons) times the norm of the weights that read it",
+}
+
+
+def _reading_norms(parent, layer: int, module: str, groups: int) -> torch.Tensor:
+    """L2 norm of the weights that read each input of a block's module, pooled in `groups` equal groups (heads)."""
+    w = parent.model.get_submodule(f"{parent.family.layers}.{layer}.{module}").weight.detach().float()
+    per_input = (w if parent.family.weights_in_out else w.T).pow(2).sum(1)
+    return per_input.view(groups, -1).sum(1).sqrt()
+
+
+def neuron_scores(parent, importance: Importance, layer: int, score: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(FFN neuron scores, head scores) of one parent block under the named score."""
+    _rule(SCORES, score, "neuron score")
+    if score == "activation":
+        return importance.ffn[layer], importance.heads[layer]
+    ffn = importance.ffn_rms if importance.ffn_rms is not None else importance.ffn
+    fam, s = parent.family, parent.shape
+    return (ffn[layer] * _reading_norms(parent, layer, fam.ffn_input, s.ffn),
+            importance.heads[layer] * _reading_norms(parent, layer, fam.heads_input, s.heads))
+
+
 # ---- block rules: (importance, n) -> n kept block indices, ascending -----------------------------
 
 def _keep_top(metric):
@@ -214,6 +240,7 @@ class Plan:
     block_rule: str = "magnitude"
     neuron_rule: str = "importance"
     scale: dict = field(default_factory=lambda: dict(DEFAULT_SCALE))
+    score: str = "activation"
     seed: int = 0
     params: int = 0
     flops_per_token: int = 0
@@ -261,19 +288,21 @@ def _select_heads(scores, parent: Shape, shape: Shape, rule, gen) -> tuple[list[
 
 
 def make_plan(parent, importance: Importance, shape: Shape, block_rule: str = "magnitude",
-              neuron_rule: str = "importance", scale=None, seed: int = 0) -> Plan:
+              neuron_rule: str = "importance", scale=None, seed: int = 0, score: str = "activation") -> Plan:
     """Which blocks, residual dims, FFN neurons and heads the child keeps."""
     family, pshape = parent.family, parent.shape
     rule = _rule(NEURON_RULES, neuron_rule, "neuron rule")
+    _rule(SCORES, score, "neuron score")
     gen = torch.Generator().manual_seed(seed)
     layers = choose_layers(importance, shape.layers, block_rule)
     residual = rule(importance.residual_ranking, shape.hidden, gen).sort().values.tolist()
-    ffn = [rule(importance.ffn[i], shape.ffn, gen).sort().values.tolist() for i in layers]
-    heads, kv = zip(*[_select_heads(importance.heads[i], pshape, shape, rule, gen) for i in layers])
+    scores = {i: neuron_scores(parent, importance, i, score) for i in layers}
+    ffn = [rule(scores[i][0], shape.ffn, gen).sort().values.tolist() for i in layers]
+    heads, kv = zip(*[_select_heads(scores[i][1], pshape, shape, rule, gen) for i in layers])
     params, flops = count(parent.model, family, shape, is_tied(parent.model))
     return Plan(parent=parent.name, family=family.name, shape=shape, layers=layers, residual=residual, ffn=ffn,
                 heads=list(heads), kv_heads=list(kv), block_rule=block_rule, neuron_rule=neuron_rule,
-                scale=scale_choice(scale), seed=seed, params=params, flops_per_token=flops)
+                scale=scale_choice(scale), seed=seed, params=params, flops_per_token=flops, score=score)
 
 
 def snap_shape(family: Family, parent: Shape, layers: int, hidden: int, ffn: int, heads: int,

@@ -33,7 +33,7 @@ from .evaluate import Reference, evaluate, generate, held_out, reference, simila
 from .importance import Importance, analyze, drop_one
 from .limits import Limits, float_arg, int_arg, text_arg
 from .parents import BUILTIN, DEFAULT_PARENT, Parent, load_parent
-from .plan import NEURON_RULES, SCALE_GROUPS, Plan, choose_layers, describe, make_plan, snap_shape
+from .plan import NEURON_RULES, SCALE_GROUPS, SCORES, Plan, choose_layers, describe, make_plan, snap_shape
 from .sweep import grid, parse_list, sweep
 from .train import INITS, TrainConfig, compare_inits
 
@@ -61,10 +61,12 @@ class Design:
     block_rule: str = "magnitude"
     neuron_rule: str = "importance"
     scale: tuple[str, ...] = ("residual", "embed")
+    score: str = "activation"
 
     @classmethod
     def of(cls, limits: Limits, parent, data, layers=None, hidden=None, ffn=None, heads=None, kv_heads=None,
-           block_rule="magnitude", neuron_rule="importance", scale=("residual", "embed")) -> "Design":
+           block_rule="magnitude", neuron_rule="importance", scale=("residual", "embed"),
+           score="activation") -> "Design":
         """A Design from untrusted values (widgets, API calls): anything odd is a clear error, not a traceback."""
         # only the type and a sanity bound here: the shape rules (and their nearest valid values) come later
         size = lambda v, what: None if v is None else int_arg(v, what, 0, 10**6)  # noqa: E731
@@ -78,12 +80,15 @@ class Design:
         neuron_rule = text_arg(neuron_rule, "the neuron rule", limits.max_spec_chars)
         if neuron_rule not in NEURON_RULES:
             raise SubcloneError(f"unknown neuron rule '{shown(neuron_rule)}'. Available: {', '.join(NEURON_RULES)}")
+        score = text_arg(score or "activation", "the neuron score", limits.max_spec_chars)
+        if score not in SCORES:
+            raise SubcloneError(f"unknown neuron score '{shown(score)}'. Available: {', '.join(SCORES)}")
         return cls(parent=text_arg(parent, "the parent", limits.max_spec_chars),
                    data=text_arg(data or "builtin", "the data spec", limits.max_spec_chars),
                    layers=size(layers, "layers"), hidden=size(hidden, "hidden"), ffn=size(ffn, "ffn"),
                    heads=size(heads, "heads"), kv_heads=size(kv_heads, "kv heads"),
                    block_rule=text_arg(block_rule, "the block rule", limits.max_spec_chars),
-                   neuron_rule=neuron_rule, scale=tuple(g for g in SCALE_GROUPS if g in (scale or ())))
+                   neuron_rule=neuron_rule, scale=tuple(g for g in SCALE_GROUPS if g in (scale or ())), score=score)
 
     @property
     def scale_choice(self) -> dict:
@@ -362,8 +367,9 @@ class Workspace:
         imp = self.importance(parent, text, compute=compute, progress=progress)
         made = None if imp is None or not plan else make_plan(parent, imp, shape, block_rule=design.block_rule,
                                                               neuron_rule=design.neuron_rule,
-                                                              scale=design.scale_choice)
-        key = (self.parent_key(design.parent), text.digest, shape, design.block_rule, design.neuron_rule, design.scale)
+                                                              scale=design.scale_choice, score=design.score)
+        key = (self.parent_key(design.parent), text.digest, shape, design.block_rule, design.neuron_rule, design.scale,
+               design.score)
         return Designed(parent, text, shape, notes, imp, made, key)
 
     def preview(self, design: Design, session: Session | None = None) -> tuple[Designed, dict, list[int] | None]:
@@ -439,7 +445,7 @@ class Workspace:
             step(0.0, "evaluating the parent (once per parent and text)")
             ref = self.reference(d.parent, d.text)
             frame = sweep(d.parent, d.importance, ref, shapes, design.block_rule, design.neuron_rule,
-                          design.scale_choice, progress=step)
+                          design.scale_choice, progress=step, score=design.score)
         csv = s.folder / f"sweep-{int(time.time() * 1000)}.csv"
         _atomic(csv, lambda tmp: frame.to_csv(tmp, index=False))
         for old in s.files("sweep-*.csv")[:-KEEP_EXPORTS]:
@@ -508,7 +514,7 @@ class Workspace:
                     box["runs"] = compare_inits(d.parent, d.importance, d.shape, inits, config, d.text,
                                                 on_eval=lambda i, r: records.put((i, r)), should_stop=job.stop.is_set,
                                                 block_rule=design.block_rule, neuron_rule=design.neuron_rule,
-                                                scale=design.scale_choice)
+                                                scale=design.scale_choice, score=design.score)
                 except BaseException as e:  # handed to the consumer below
                     box["error"] = e
                 finally:

@@ -191,3 +191,28 @@ def test_uniform_is_the_published_weight_selection():
     assert uniform(torch.rand(48), 24, None).tolist() == list(range(0, 48, 2))
     assert uniform(torch.rand(40), 16, None).tolist() == [int(i * 2.5) for i in range(16)]
     assert uniform(torch.rand(576), 504, None).tolist() == [i * 576 // 504 for i in range(504)]
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_activation_weight_score_weighs_what_reads_each_neuron(name):
+    """A loud FFN neuron whose output weights are zero, and a head whose out-projection columns are zero, do nothing:
+    the paper's activation score keeps them, activation-weight drops them. At full shape both keep everything."""
+    parent = planted(name)  # FFN neuron 3 of block 0 is the loudest
+    fam, p = parent.family, parent.shape
+    block = parent.model.get_submodule(f"{fam.layers}.0")
+    with torch.no_grad():
+        down, out = block.get_submodule(fam.ffn_input).weight, block.get_submodule(fam.heads_input).weight
+        (down[3] if fam.weights_in_out else down[:, 3]).zero_()
+        (out[: p.head_dim] if fam.weights_in_out else out[:, : p.head_dim]).zero_()  # head 0
+    imp = measure(parent, Tokens(ids(8, 16, seed=7)))
+    if fam.head_dim_from_hidden:  # GPT-2: 3 of 4 heads (and hidden 24)
+        shape = resolve_shape(fam, p, ffn=p.ffn // 2, heads=p.heads - 1)
+    else:  # Llama: one query head of each of the 3 KV groups
+        shape = resolve_shape(fam, p, ffn=p.ffn // 2, heads=p.kv_heads, kv_heads=p.kv_heads)
+    by = {score: make_plan(parent, imp, shape, block_rule="first", score=score)
+          for score in ("activation", "activation-weight")}
+    assert 3 in by["activation"].ffn[0] and 3 not in by["activation-weight"].ffn[0]
+    assert 0 not in by["activation-weight"].heads[0]
+    full = build(parent, make_plan(parent, imp, p, score="activation-weight"))
+    x = ids()
+    assert (full(input_ids=x).logits - parent.model(input_ids=x).logits).abs().max() <= 1e-4
