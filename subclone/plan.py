@@ -52,12 +52,16 @@ NEURON_RULES = {"importance": _importance, "uniform": _uniform, "first": _first,
 
 SCORES = {
     "activation": "the paper: mean |activation| of each FFN neuron, mean norm of each head's output",
-    "activation-weight": "activation (root mean square for FFN neurons) times the norm of the weights that read it",
+    "activation-weight": "FFN neurons by root-mean-square activation times the norm of the weights that read it; "
+                         "heads as the paper",
 }
+# Measured on SmolLM2 (zero-shot perplexity, calibrated on the built-in text; held-out built-in / license texts):
+# ffn 768: activation 47.8 / 278.2, activation-weight 41.9 / 153.0. Weighting heads by their out-projection columns
+# too made 6 heads / 2 KV worse (32.2 / 41.0 -> 46.8 / 65.4), so heads keep the paper's score.
 
 
 def _reading_norms(parent, layer: int, module: str, groups: int) -> torch.Tensor:
-    """L2 norm of the weights that read each input of a block's module, pooled in `groups` equal groups (heads)."""
+    """L2 norm of the weights that read each input of a block's module, pooled in `groups` equal groups."""
     w = parent.model.get_submodule(f"{parent.family.layers}.{layer}.{module}").weight.detach().float()
     per_input = (w if parent.family.weights_in_out else w.T).pow(2).sum(1)
     return per_input.view(groups, -1).sum(1).sqrt()
@@ -69,9 +73,7 @@ def neuron_scores(parent, importance: Importance, layer: int, score: str) -> tup
     if score == "activation":
         return importance.ffn[layer], importance.heads[layer]
     ffn = importance.ffn_rms if importance.ffn_rms is not None else importance.ffn
-    fam, s = parent.family, parent.shape
-    return (ffn[layer] * _reading_norms(parent, layer, fam.ffn_input, s.ffn),
-            importance.heads[layer] * _reading_norms(parent, layer, fam.heads_input, s.heads))
+    return ffn[layer] * _reading_norms(parent, layer, parent.family.ffn_input, parent.shape.ffn), importance.heads[layer]
 
 
 # ---- block rules: (importance, n) -> n kept block indices, ascending -----------------------------
