@@ -22,7 +22,7 @@ from gradio.utils import get_upload_folder
 from subclone import SubcloneError, plots
 from subclone.limits import Limits
 from subclone.parents import BUILTIN, DEFAULT_PARENT
-from subclone.plan import BLOCK_RULES, DEFAULT_SCALE, NEURON_RULES, SCALE_GROUPS, SCORES
+from subclone.plan import BLOCK_RULES, DEFAULT_SCALE, NEURON_RULES, SCALE_GROUPS, SCORES, can_merge
 from subclone.train import INITS
 from subclone.workspace import Design, Workspace
 
@@ -135,7 +135,8 @@ def on_analyze(parent, data, request: gr.Request, progress=gr.Progress()):
             gr.Slider(minimum=step, maximum=s.hidden, value=s.hidden, step=step),
             gr.Slider(minimum=1, maximum=s.ffn, value=s.ffn, step=1),
             gr.Slider(minimum=1, maximum=s.heads, value=s.heads, step=1),
-            gr.Slider(minimum=1, maximum=s.kv_heads, value=s.kv_heads, step=1, interactive=s.heads > s.kv_heads))
+            gr.Slider(minimum=1, maximum=s.kv_heads, value=s.kv_heads, step=1,
+                      interactive=s.kv_heads > 1 and (s.heads > s.kv_heads or can_merge(p.family))))
 
 
 def on_warm(parent, data, request: gr.Request):

@@ -66,6 +66,8 @@ def slice_state(parent: Parent, plan: Plan) -> dict[str, torch.Tensor]:
             idx = _indices(axis, plan, j, pshape.heads, pshape.head_dim)
             if idx is not None:
                 t = t.index_select(dim, idx)
+            if axis == KV and plan.kv_merge > 1:  # each run of kv_merge kept KV heads becomes their mean
+                t = t.unflatten(dim, (-1, plan.kv_merge, pshape.head_dim)).mean(dim + 1).flatten(dim, dim + 1)
         group = _scale_group(family, key, axes)
         if group and plan.scale.get(group) and ratio[group] != 1:
             t = t * math.sqrt(ratio[group])

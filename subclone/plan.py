@@ -129,12 +129,32 @@ def parse_block_list(text: str, n_layers: int) -> list[int] | None:
 
 # ---- shapes --------------------------------------------------------------------------------------
 
-def head_pairs(parent: Shape) -> list[tuple[int, int]]:
-    """Valid (heads, kv_heads): whole KV groups, the same number of query heads in each."""
+def kv_layout(parent: Shape, heads: int, kv_heads: int, merge: bool = True) -> tuple[int, int] | None:
+    """How a child of `heads` query heads over `kv_heads` KV heads is cut from the parent: (m, per) keeps
+    m × kv_heads whole parent KV groups with `per` query heads in each, and each run of m kept groups shares one KV
+    head, their keys and values averaged (mean-pooling, as the GQA paper converts multi-head checkpoints; m = 1: no
+    merging). None when no layout gives that pair."""
     group = parent.heads // parent.kv_heads
-    if group == 1:  # plain multi-head attention: heads and kv heads move together
-        return [(h, h) for h in range(1, parent.heads + 1)]
-    return sorted({(kv * g, kv) for kv in range(1, parent.kv_heads + 1) for g in range(1, group + 1)})
+    if kv_heads < 1 or heads < 1 or heads % kv_heads or kv_heads > parent.kv_heads:
+        return None
+    per_kv = heads // kv_heads
+    for m in range(1, (parent.kv_heads // kv_heads if merge else 1) + 1):
+        if per_kv % m == 0 and per_kv // m <= group:
+            return m, per_kv // m
+    return None
+
+
+def can_merge(family: Family) -> bool:
+    """Only families whose config has a KV-head count can hold fewer KV heads than query heads."""
+    return "kv_heads" in family.sizes
+
+
+def head_pairs(family: Family, parent: Shape) -> list[tuple[int, int]]:
+    """Valid (heads, kv_heads): whole KV groups, the same number of query heads in each; fewer KV heads than the
+    parent's grouping allows by merging groups, where the family has KV heads."""
+    merge = can_merge(family)
+    return [(h, kv) for kv in range(1, parent.kv_heads + 1) for h in range(kv, parent.heads + 1, kv)
+            if kv_layout(parent, h, kv, merge)]
 
 
 def valid_values(family: Family, parent: Shape, heads: int | None = None) -> dict[str, list[int]]:
@@ -144,9 +164,9 @@ def valid_values(family: Family, parent: Shape, heads: int | None = None) -> dic
         hidden = [heads * parent.head_dim]
     else:
         hidden = list(range(heads, parent.hidden + 1, heads))
+    pairs = head_pairs(family, parent)
     return dict(layers=list(range(1, parent.layers + 1)), hidden=hidden, ffn=list(range(1, parent.ffn + 1)),
-                heads=sorted({h for h, _ in head_pairs(parent)}),
-                kv_heads=sorted({kv for h, kv in head_pairs(parent) if h == heads}))
+                heads=sorted({h for h, _ in pairs}), kv_heads=sorted({kv for h, kv in pairs if h == heads}))
 
 
 def nearest(value: int, valid: list[int]) -> list[int]:
@@ -168,11 +188,12 @@ def _check(name: str, value: int, valid: list[int], why: str) -> None:
 def _why(family: Family, parent: Shape, heads: int) -> dict[str, str]:
     """Why a size may be refused or snapped: one wording for CLI errors and app notes."""
     group = parent.heads // parent.kv_heads
+    merged = " (fewer KV heads merge whole groups by averaging)" if can_merge(family) else ""
     return dict(
         heads=f"query heads come in whole KV groups of at most {group} (parent: {parent.heads} heads, "
-              f"{parent.kv_heads} kv heads)",
-        kv_heads=f"kv_heads must divide heads {heads} with at most {group} query heads each, "
-                 f"and be at most {parent.kv_heads}",
+              f"{parent.kv_heads} kv heads){merged}",
+        kv_heads=f"kv_heads must divide heads {heads} with at most {group} query heads from each parent group, "
+                 f"and be at most {parent.kv_heads}{merged}",
         hidden=f"hidden must equal heads x {parent.head_dim} in {family.name}" if family.head_dim_from_hidden
         else f"hidden must be a multiple of heads ({heads}) and at most {parent.hidden}")
 
@@ -187,7 +208,7 @@ def resolve_shape(family: Family, parent: Shape, layers=None, hidden=None, ffn=N
             hidden = heads * parent.head_dim
     layers = parent.layers if layers is None else layers
     heads = parent.heads if heads is None else heads
-    pairs, why = head_pairs(parent), _why(family, parent, heads)
+    pairs, why = head_pairs(family, parent), _why(family, parent, heads)
     _check("heads", heads, sorted({h for h, _ in pairs}), why["heads"])
     if kv_heads is None:
         kv_heads = max(kv for h, kv in pairs if h == heads)
@@ -238,11 +259,12 @@ class Plan:
     residual: list[int]  # kept residual dimensions, the same in every block
     ffn: list[list[int]]  # kept FFN neurons, per kept block
     heads: list[list[int]]  # kept query heads, per kept block
-    kv_heads: list[list[int]]  # kept KV heads, per kept block
+    kv_heads: list[list[int]]  # kept parent KV heads, per kept block (kv_merge of them per child KV head)
     block_rule: str = "magnitude"
     neuron_rule: str = "importance"
     scale: dict = field(default_factory=lambda: dict(DEFAULT_SCALE))
     score: str = "activation"
+    kv_merge: int = 1  # each run of this many kept parent KV heads is averaged into one child KV head
     seed: int = 0
     params: int = 0
     flops_per_token: int = 0
@@ -280,11 +302,11 @@ def choose_layers(importance: Importance, n: int, block_rule: str) -> list[int]:
 
 
 def _select_heads(scores, parent: Shape, shape: Shape, rule, gen) -> tuple[list[int], list[int]]:
-    """Whole KV groups first, then the same number of query heads inside each kept group."""
+    """Whole KV groups first (m per child KV head when merging), then the same number of query heads inside each."""
     group = parent.heads // parent.kv_heads
     groups = scores.view(parent.kv_heads, group)
-    kv = rule(groups.sum(1), shape.kv_heads, gen).sort().values
-    per = shape.heads // shape.kv_heads
+    m, per = kv_layout(parent, shape.heads, shape.kv_heads)
+    kv = rule(groups.sum(1), m * shape.kv_heads, gen).sort().values
     q = [g * group + int(w) for g in kv.tolist() for w in rule(groups[g], per, gen).sort().values]
     return q, kv.tolist()
 
@@ -304,7 +326,8 @@ def make_plan(parent, importance: Importance, shape: Shape, block_rule: str = "m
     params, flops = count(parent.model, family, shape, is_tied(parent.model))
     return Plan(parent=parent.name, family=family.name, shape=shape, layers=layers, residual=residual, ffn=ffn,
                 heads=list(heads), kv_heads=list(kv), block_rule=block_rule, neuron_rule=neuron_rule,
-                scale=scale_choice(scale), seed=seed, params=params, flops_per_token=flops, score=score)
+                scale=scale_choice(scale), seed=seed, params=params, flops_per_token=flops, score=score,
+                kv_merge=kv_layout(pshape, shape.heads, shape.kv_heads)[0])
 
 
 def snap_shape(family: Family, parent: Shape, layers: int, hidden: int, ffn: int, heads: int,
@@ -318,7 +341,7 @@ def snap_shape(family: Family, parent: Shape, layers: int, hidden: int, ffn: int
             notes.append(f"{name} {int(value)} → {got}: {why}")
         return got
 
-    pairs = head_pairs(parent)
+    pairs = head_pairs(family, parent)
     heads = take("heads", heads, sorted({h for h, _ in pairs}), _why(family, parent, int(heads))["heads"])
     why = _why(family, parent, heads)  # the rest depends on the snapped heads
     kv_heads = take("kv heads", kv_heads, [kv for h, kv in pairs if h == heads], why["kv_heads"])

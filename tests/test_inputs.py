@@ -25,7 +25,7 @@ PROSE = load_text("builtin")[:40000]
     (dict(layers=5), "nearest valid: 4"),
     (dict(hidden=50), "multiple of heads (6)"),
     (dict(heads=5), "whole KV groups"),
-    (dict(heads=4, kv_heads=1), "kv_heads must divide heads 4"),
+    (dict(heads=4, kv_heads=3), "kv_heads must divide heads 4"),
     (dict(ffn=41), "ffn must be 1 to 40"),
 ])
 def test_impossible_shapes_name_the_nearest_valid(sizes, says):

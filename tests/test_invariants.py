@@ -46,7 +46,7 @@ def test_saved_child_reloads_bit_exact(setup, tmp_path):
 def test_every_reduced_shape_loads_runs_and_counts_right(setup):
     parent, imp = setup
     p = parent.shape
-    for heads, kv in head_pairs(p):
+    for heads, kv in head_pairs(parent.family, p):
         hidden = valid_values(parent.family, p, heads)["hidden"]
         for h in (hidden[0], hidden[-1]):
             for layers, ffn in ((1, 1), (p.layers - 1, p.ffn // 2)):

@@ -216,3 +216,54 @@ def test_activation_weight_score_weighs_what_reads_each_neuron(name):
     full = build(parent, make_plan(parent, imp, p, score="activation-weight"))
     x = ids()
     assert (full(input_ids=x).logits - parent.model(input_ids=x).logits).abs().max() <= 1e-4
+
+
+def _gqa_parent(seed=0):
+    """A tiny Llama with 4 query heads over 2 KV heads (groups of 2)."""
+    import transformers
+
+    from subclone.arch import family_for
+    from subclone.parents import Parent
+
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+    model = transformers.LlamaForCausalLM(config).eval()
+    return Parent(name="tiny-gqa", model=model, tokenizer=None, family=family_for(config), source="memory")
+
+
+def test_fewer_kv_heads_than_the_grouping_allows_merge_by_averaging(tmp_path):
+    """4 heads / 2 KV -> 4 heads / 1 KV: both KV groups are kept and their keys and values averaged into one."""
+    parent = _gqa_parent()
+    p, hd = parent.shape, parent.shape.head_dim
+    imp = measure(parent, Tokens(ids(4, 16, seed=7)))
+    shape = resolve_shape(parent.family, p, heads=4, kv_heads=1)
+    plan = make_plan(parent, imp, shape, scale=False)
+    assert plan.kv_merge == 2 and plan.kv_heads == [[0, 1]] * p.layers and plan.heads == [[0, 1, 2, 3]] * p.layers
+    child = build(parent, plan)
+    assert child.config.num_key_value_heads == 1
+    for j in range(p.layers):
+        for proj in ("k_proj", "v_proj"):
+            w = parent.model.model.layers[j].self_attn.get_submodule(proj).weight.detach()
+            got = child.model.layers[j].self_attn.get_submodule(proj).weight.detach()
+            assert torch.allclose(got, (w[:hd] + w[hd:]) / 2)
+    child.save_pretrained(tmp_path)
+    again = type(child).from_pretrained(tmp_path).eval()
+    x = ids()
+    assert torch.equal(again(input_ids=x).logits, child(input_ids=x).logits)
+
+
+def test_merging_identical_kv_heads_changes_nothing():
+    """When the two KV heads of a parent are the same, their mean is each of them: the merged child is the parent."""
+    parent = _gqa_parent(seed=3)
+    hd = parent.shape.head_dim
+    with torch.no_grad():
+        for layer in parent.model.model.layers:
+            for proj in (layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.weight[hd:] = proj.weight[:hd]
+    imp = measure(parent, Tokens(ids(4, 16, seed=7)))
+    child = build(parent, make_plan(parent, imp, resolve_shape(parent.family, parent.shape, heads=4, kv_heads=1),
+                                    scale=False))
+    x = ids()
+    with torch.no_grad():
+        assert (child(input_ids=x).logits - parent.model(input_ids=x).logits).abs().max() <= 1e-4
