@@ -122,7 +122,8 @@ def on_analyze(parent, data, request: gr.Request, progress=gr.Progress()):
     text = WS.text(data, WS.session(_sid(request)))
     imp = WS.importance(p, text, compute=True, progress=_gradio_progress(progress))
     s = p.shape
-    card = (f"### {p.display_name}\n| family | layers | hidden | heads / kv heads | head dim | ffn | params |\n"
+    named = p.name if p.display_name == p.name else f"{p.name} ({p.display_name})"
+    card = (f"### {named}\n| family | layers | hidden | heads / kv heads | head dim | ffn | params |\n"
             "|---|---|---|---|---|---|---|\n"
             f"| {p.family.name} ({p.family.kind}) | {s.layers} | {s.hidden} | {s.heads} / {s.kv_heads} | "
             f"{s.head_dim} | {s.ffn} | {_human(p.model.num_parameters())} |\n\n"
@@ -322,7 +323,7 @@ with gr.Blocks(title="subclone") as demo:
                 data = gr.Textbox("builtin", label="Calibration text",
                                   info="builtin, an uploaded file (upload:name), or a datasets hub id (online)")
                 upload = gr.File(label="…or upload a text file", file_types=[".txt", ".md", ".jsonl", ".json", ".csv",
-                                                                           ".parquet"], height=90)
+                                                                           ".parquet"], height=140)
             analyze_btn = gr.Button("Analyze", variant="primary")
             card = gr.Markdown("Analyze the parent to measure neuron, head and block importance on the calibration "
                                "text (80 % for calibration, 20 % held out for evaluation).")
@@ -357,7 +358,7 @@ with gr.Blocks(title="subclone") as demo:
                                          label="scale weights by √(d/d′) on", info="fan-in groups")
                 score = gr.Dropdown(list(SCORES), value="activation", label="neuron score",
                                     info="activation = the paper; activation-weight also weighs the weights that "
-                                         "read each neuron and head")
+                                         "read each FFN neuron")
             readout = gr.Markdown()
             strip = gr.HTML()
             with gr.Row():
