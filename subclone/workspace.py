@@ -212,27 +212,34 @@ class Workspace:
                         self._heavy[key] = (value, _nbytes(value))
                         self._evict(keep=key)
                     else:
-                        self._small[key] = value
-                        while len(self._small) > 64:
-                            self._small.popitem(last=False)
+                        self._remember(key, value)
                 return value
             finally:
                 with self._lock:
                     self._making.pop(key, None)  # made or failed: no lock is left behind for this key
+
+    def _remember(self, key, value) -> None:
+        """A small shared entry (importance, drop-one scores, a text): the 64 most recently made are kept."""
+        with self._lock:
+            self._small[key] = value
+            while len(self._small) > 64:
+                self._small.popitem(last=False)
 
     def _evict(self, keep=None, keep_session: Session | None = None) -> None:
         """Back under Limits.memory_mb: first the children of the sessions seen longest ago (they can build
         again), then the least recently used parents and evaluations (they can load again)."""
         bound = self.limits.memory_mb * 2**20
         with self._lock:
+            used = self.memory_bytes  # counted once, then kept up to date as entries go
             for s in sorted(self._sessions.values(), key=lambda s: s.seen):
-                if self.memory_bytes <= bound:
+                if used <= bound:
                     return
                 if s is not keep_session:
+                    used -= _nbytes(s)
                     s.built, s.healed = None, {}
-            while self.memory_bytes > bound and len(self._heavy) > 1:
+            while used > bound and len(self._heavy) > 1:
                 oldest = next(k for k in self._heavy if k != keep)
-                del self._heavy[oldest]
+                used -= self._heavy.pop(oldest)[1]
 
     @property
     def memory_bytes(self) -> int:
@@ -271,9 +278,8 @@ class Workspace:
             if key in self._small:
                 return self._small[key]
         imp = analyze(parent, text, progress=progress, cached_only=not compute)
-        if imp is not None:
-            with self._lock:
-                self._small[key] = imp
+        if imp is not None:  # a miss (None) is not remembered: Analyze may measure it later
+            self._remember(key, imp)
         return imp
 
     def reference(self, parent: Parent, text: Text) -> Reference:
