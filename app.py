@@ -22,7 +22,9 @@ from gradio.utils import get_upload_folder
 from subclone import SubcloneError, plots
 from subclone.limits import Limits
 from subclone.parents import BUILTIN, DEFAULT_PARENT
-from subclone.plan import BLOCK_RULES, DEFAULT_SCALE, NEURON_RULES, SCALE_GROUPS, SCORES, can_merge
+from subclone.compensate import COMPENSATE
+from subclone.plan import (BLOCK_RULE_HELP, DEFAULT_SCALE, NEURON_RULES, PRESETS, SCALE_GROUPS, SCORES,
+                           can_merge)
 from subclone.train import INITS
 from subclone.workspace import Design, Workspace
 
@@ -78,14 +80,28 @@ def adapter(fn):
     return run
 
 
-def _design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule="magnitude", neuron_rule="importance",
-            scale=(), score="activation") -> Design:
+def _design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule=PRESETS["best"]["block_rule"],
+            neuron_rule="importance", scale=(), score=PRESETS["best"]["score"],
+            compensate=PRESETS["best"]["compensate"]) -> Design:
     """The widgets' values as one Design; a missing slider value is an error, not 'the parent's size'."""
     for name, value in zip(SLIDERS, (layers, hidden, ffn, heads, kv_heads)):
         if value is None:
             raise SubcloneError(f"{name} must be a number, got nothing")
     return Design.of(WS.limits, parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale,
-                     score)
+                     score, compensate)
+
+
+def on_preset(name):
+    """The preset's rules into the dropdowns (each can still be changed by hand)."""
+    chosen = PRESETS.get(name, PRESETS["best"])
+    return chosen["block_rule"], chosen["neuron_rule"], chosen["score"], chosen["compensate"]
+
+
+def _rules_help(block_rule, compensate) -> str:
+    """One line on what the chosen block rule and compensation do."""
+    rule = BLOCK_RULE_HELP.get(block_rule, "the blocks listed") if isinstance(block_rule, str) else ""
+    fit = COMPENSATE.get(compensate, "") if isinstance(compensate, str) else ""
+    return f"**block rule:** {rule}  \n**compensation:** {fit}"
 
 
 def _human(n: int) -> str:
@@ -164,12 +180,12 @@ def on_preview(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, r
     return "  \n".join(lines), plots.block_strip(d.parent.shape.layers, kept)
 
 
-def on_design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale, score,
+def on_design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale, score, compensate,
               request: gr.Request):
     """Redraw the anatomy with what the current child drops greyed out (a separate event: figures are heavier)."""
     try:
         d = WS.design(_design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale,
-                              score),
+                              score, compensate),
                       WS.session(_sid(request)))
     except SubcloneError:
         return [gr.skip()] * 7  # the readout already says what is wrong
@@ -182,10 +198,10 @@ def on_design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, ne
 
 
 @adapter
-def on_drop_one(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale, score,
+def on_drop_one(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale, score, compensate,
                 request: gr.Request, progress=gr.Progress()):
     design = _design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale,
-                     score)
+                     score, compensate)
     d, scores = WS.drop_one(_sid(request), design, progress=_gradio_progress(progress))
     return plots.blocks_chart(d.importance, scores, d.plan, d.parent.family.kind)
 
@@ -193,10 +209,10 @@ def on_drop_one(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, 
 # ---- 4. evaluate ---------------------------------------------------------------------------------
 
 @adapter
-def on_build(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale, score,
+def on_build(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale, score, compensate,
              request: gr.Request, progress=gr.Progress()):
     design = _design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale,
-                     score)
+                     score, compensate)
     d, r = WS.build(_sid(request), design, progress=_gradio_progress(progress))
     keys = ["params", "size_mb", "perplexity", "ms_per_token"] if d.parent.family.kind == "causal-lm" else \
         ["params", "size_mb", "ms_per_token"]
@@ -223,10 +239,11 @@ def on_outputs(parent, prompt, request: gr.Request):
 # ---- 5. tradeoffs --------------------------------------------------------------------------------
 
 @adapter
-def on_sweep(parent, data, depths, widths, heads, kv_heads, block_rule, neuron_rule, scale, score, request: gr.Request,
+def on_sweep(parent, data, depths, widths, heads, kv_heads, block_rule, neuron_rule, scale, score, compensate,
+             request: gr.Request,
              progress=gr.Progress()):
     design = Design.of(WS.limits, parent, data, None, None, None, heads, kv_heads, block_rule, neuron_rule, scale,
-                       score)
+                       score, compensate)
     frame, csv = WS.sweep(_sid(request), design, depths, widths, progress=_gradio_progress(progress))
     return plots.pareto_chart(frame), frame, str(csv)
 
@@ -234,10 +251,11 @@ def on_sweep(parent, data, depths, widths, heads, kv_heads, block_rule, neuron_r
 # ---- 6. export -----------------------------------------------------------------------------------
 
 @adapter
-def on_export(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale, score, hub_repo="",
+def on_export(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale, score, compensate,
+              hub_repo="",
               hub_token="", request: gr.Request = None, progress=gr.Progress()):
     design = _design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale,
-                     score)
+                     score, compensate)
     archive, card, url = WS.export(_sid(request), design, hub_repo, hub_token, progress=_gradio_progress(progress))
     status = _archive_status(archive) + (f"  \nPushed to the Hub: {url}" if url else "")
     return str(archive), status, _card_preview(card)
@@ -252,11 +270,12 @@ def _card_preview(card: str) -> str:
 # ---- heal (recovery training) -------------------------------------------------------------------
 
 @adapter
-def on_heal(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale, score, steps, inits,
+def on_heal(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale, score, compensate,
+            steps, inits,
             distill, request: gr.Request):
     """Train the designed child from each chosen init, streaming the loss curves; Stop ends it early."""
     design = _design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale,
-                     score)
+                     score, compensate)
     histories = {i: [] for i in inits or []}
     yield plots.curves(histories), "preparing the training text…", gr.skip()
     status = "preparing the training text…"
@@ -350,15 +369,24 @@ with gr.Blocks(title="subclone") as demo:
                 heads = gr.Slider(1, 9, value=9, step=1, label="heads")
                 kv_heads = gr.Slider(1, 3, value=3, step=1, label="kv heads")
             with gr.Row():
-                block_rule = gr.Dropdown(list(BLOCK_RULES), value="magnitude", allow_custom_value=True,
-                                         label="block rule", info="magnitude = the paper; or a list like 0-11,18-29")
+                preset = gr.Radio(list(PRESETS), value="best", label="preset",
+                                  info="best = measured best on held-out text; paper = Samragh et al.'s rules")
+                block_rule = gr.Dropdown(list(BLOCK_RULE_HELP), value=PRESETS["best"]["block_rule"],
+                                         allow_custom_value=True, label="block rule",
+                                         info="search = measured, runs once at Build; magnitude = the paper; "
+                                              "or a list like 0-11,18-29")
                 neuron_rule = gr.Dropdown(list(NEURON_RULES), value="importance", label="neuron rule",
                                           info="importance = the paper; uniform = weight selection")
                 scale = gr.CheckboxGroup(list(SCALE_GROUPS), value=[g for g, on in DEFAULT_SCALE.items() if on],
                                          label="scale weights by √(d/d′) on", info="fan-in groups")
-                score = gr.Dropdown(list(SCORES), value="activation", label="neuron score",
+                score = gr.Dropdown(list(SCORES), value=PRESETS["best"]["score"], label="neuron score",
                                     info="activation = the paper; activation-weight also weighs the weights that "
                                          "read each FFN neuron")
+                compensate = gr.Dropdown(list(COMPENSATE), value=PRESETS["best"]["compensate"], label="compensation",
+                                         info="none = the paper; refit / depth: least-squares fits on calibration "
+                                              "text, a few seconds at Build")
+            rules_help = gr.Markdown(_rules_help(PRESETS["best"]["block_rule"], PRESETS["best"]["compensate"]),
+                                     elem_classes="caption")
             readout = gr.Markdown()
             strip = gr.HTML()
             with gr.Row():
@@ -417,7 +445,7 @@ with gr.Blocks(title="subclone") as demo:
         with gr.Tab("8 · Learn", id="learn"):
             gr.Markdown(LEARN)
 
-    design_in = [parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale, score]
+    design_in = [parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale, score, compensate]
     sliders = [layers, hidden, ffn, heads, kv_heads]
     anatomy = [fig_residual, fig_consistency, fig_heads, fig_ffn, fig_blocks, design_heads, design_residual]
     preview_in = [parent, data, *sliders, block_rule]
@@ -432,7 +460,12 @@ with gr.Blocks(title="subclone") as demo:
         on_warm, [parent, data], None, api_name=False, show_progress="hidden", **RAW)
     gr.on([w.change for w in (*sliders, block_rule)], on_preview, preview_in, [readout, strip],
           api_name="preview", show_progress="hidden", trigger_mode="always_last", **RAW)
-    gr.on([*(w.change for w in sliders), block_rule.change, neuron_rule.change, scale.change, score.change], on_design,
+    preset.change(on_preset, preset, [block_rule, neuron_rule, score, compensate], api_name=False,
+                  show_progress="hidden")
+    gr.on([block_rule.change, compensate.change], _rules_help, [block_rule, compensate], rules_help, api_name=False,
+          show_progress="hidden")
+    gr.on([*(w.change for w in sliders), block_rule.change, neuron_rule.change, scale.change, score.change,
+           compensate.change], on_design,
           design_in,
           anatomy, api_name=False, show_progress="hidden", trigger_mode="always_last", **RAW)
     demo.load(on_preview, preview_in, [readout, strip], api_name=False, **RAW).then(
@@ -440,7 +473,8 @@ with gr.Blocks(title="subclone") as demo:
     drop_btn.click(on_drop_one, design_in, fig_blocks, api_name="drop_one", **RAW)
     build_btn.click(on_build, design_in, [results, history_table], api_name="build", **RAW)
     outputs_btn.click(on_outputs, [parent, prompt], [parent_out, child_out], api_name="outputs", **RAW)
-    sweep_btn.click(on_sweep, [parent, data, depths, widths, heads, kv_heads, block_rule, neuron_rule, scale, score],
+    sweep_btn.click(on_sweep, [parent, data, depths, widths, heads, kv_heads, block_rule, neuron_rule, scale, score,
+                               compensate],
                     [fig_pareto, sweep_table, sweep_csv], api_name="sweep", **RAW)
     heal_btn.click(on_heal, [*design_in, steps, inits, distill], [fig_curves, heal_status, heal_table],
                    api_name="heal", **RAW)

@@ -17,7 +17,7 @@ import warnings
 
 from .errors import SubcloneError
 from .limits import int_arg, text_arg
-from .plan import DEFAULT_SCALE
+from .plan import DEFAULT_SCALE, PRESETS
 from .train import INITS
 
 
@@ -30,11 +30,15 @@ def _shape_flags(p):
     g = p.add_argument_group("child shape (left out: the parent's size)")
     for name in ("layers", "hidden", "ffn", "heads", "kv-heads"):
         g.add_argument(f"--{name}", type=int)
-    p.add_argument("--block-rule", default="magnitude",
-                   help="magnitude (the paper), bi, middle, first, or a block list like 0-11,18-29")
-    p.add_argument("--neuron-rule", default="importance", help="importance (the paper), uniform, first, random")
-    p.add_argument("--score", default="activation",
-                   help="what ranks FFN neurons and heads: activation (the paper) or activation-weight")
+    p.add_argument("--preset", default="best", choices=list(PRESETS),
+                   help="best: the strategy measured best on held-out text (block search, activation-weight score, "
+                        "least-squares compensation); paper: Samragh et al.'s rules. The flags below override it")
+    p.add_argument("--block-rule", help="search, magnitude (the paper), bi, angular, middle, first, or a block list "
+                                        "like 0-11,18-29")
+    p.add_argument("--neuron-rule", default="importance",
+                   help="importance (the paper), uniform (weight selection), first, random")
+    p.add_argument("--score", help="what ranks FFN neurons and heads: activation (the paper) or activation-weight")
+    p.add_argument("--compensate", help="least-squares fits on calibration text: none (the paper), refit, depth, all")
     p.add_argument("--no-scale", action="store_true", help="do not rescale sliced weights by sqrt(d/d')")
     p.add_argument("--seed", type=int, default=0, help="for the random neuron rule")
 
@@ -100,10 +104,12 @@ def _workspace():
 def _design(ws, args):
     from .workspace import Design
 
+    chosen = {**PRESETS[args.preset], **{k: v for k, v in (("block_rule", args.block_rule), ("score", args.score),
+                                                            ("compensate", args.compensate)) if v is not None}}
     return Design.of(ws.limits, args.parent, args.data, args.layers, args.hidden, args.ffn, args.heads, args.kv_heads,
-                     args.block_rule, args.neuron_rule, () if args.no_scale else tuple(k for k, on in
-                                                                                       DEFAULT_SCALE.items() if on),
-                     args.score)
+                     chosen["block_rule"], args.neuron_rule, () if args.no_scale else tuple(k for k, on in
+                                                                                            DEFAULT_SCALE.items() if on),
+                     chosen["score"], chosen["compensate"])
 
 
 def cmd_analyze(args) -> dict:
@@ -123,8 +129,17 @@ def cmd_analyze(args) -> dict:
     return summary
 
 
+def _stderr_progress(fraction: float, message: str) -> None:
+    """On a terminal, long steps (analysis, the block search, the fits) say what they do on stderr; stdout stays one
+    JSON result."""
+    if sys.stderr.isatty():
+        print(f"[{fraction:4.0%}] {message}", file=sys.stderr, flush=True)
+
+
 def cmd_clone(args) -> dict:
-    from . import build, make_plan, resolve_shape
+    from dataclasses import replace
+
+    from . import make_plan, resolve_shape
     from .export import check_writable, model_card, write
 
     ws = _workspace()
@@ -133,19 +148,21 @@ def cmd_clone(args) -> dict:
     check_writable(args.out)
     parent = ws.parent(design.parent)
     check_writable(args.out, protect=[parent.source])
-    shape = resolve_shape(parent.family, parent.shape, layers=args.layers, hidden=args.hidden, ffn=args.ffn,
-                          heads=args.heads, kv_heads=args.kv_heads)
-    text = ws.text(design.data)
-    imp = ws.importance(parent, text, compute=True)
-    plan = make_plan(parent, imp, shape, block_rule=design.block_rule, neuron_rule=design.neuron_rule,
-                     scale=False if args.no_scale else None, seed=args.seed, score=design.score)
-    child = build(parent, plan)
+    resolve_shape(parent.family, parent.shape, layers=args.layers, hidden=args.hidden, ffn=args.ffn,
+                  heads=args.heads, kv_heads=args.kv_heads)  # the CLI refuses a shape instead of snapping it
+    d = ws.design(design, compute=True, progress=_stderr_progress)
+    if args.seed and design.neuron_rule == "random":
+        d = replace(d, plan=make_plan(parent, d.importance, d.shape, block_rule=design.block_rule,
+                                      neuron_rule=design.neuron_rule, scale=design.scale_choice, seed=args.seed,
+                                      score=design.score, compensate=design.compensate))
+    plan, text = d.plan, d.text
+    child = ws.child(d, progress=_stderr_progress)
     write(child, parent.tokenizer, plan, args.out, model_card(parent, child, plan, text),
           extra=dict(data=text.name, parent_params=parent.model.num_parameters()), protect=[parent.source])
     return dict(out=args.out, parent=parent.name, shape=plan.shape.to_dict(), layers=plan.layers,
                 params=plan.params, parent_params=parent.model.num_parameters(),
                 flops_per_token=plan.flops_per_token, block_rule=plan.block_rule, neuron_rule=plan.neuron_rule,
-                scale=plan.scale, score=plan.score)
+                scale=plan.scale, score=plan.score, compensate=plan.compensate)
 
 
 def cmd_eval(args) -> dict:
@@ -206,10 +223,12 @@ def cmd_train(args) -> dict | None:
     shape = resolve_shape(parent.family, parent.shape, layers=args.layers, hidden=args.hidden, ffn=args.ffn,
                           heads=args.heads, kv_heads=args.kv_heads)
     text = ws.text(design.data)
-    imp = ws.importance(parent, text, compute=True) if args.init != "random" else None
-    child, plan = init_child(parent, imp, shape, args.init, seed=args.seed, block_rule=design.block_rule,
-                             neuron_rule=design.neuron_rule, scale=False if args.no_scale else None,
-                             score=design.score)
+    imp, rules = None, dict(block_rule=design.block_rule, neuron_rule=design.neuron_rule,
+                            scale=design.scale_choice, score=design.score, compensate=design.compensate)
+    if args.init != "random":
+        imp = ws.design(design, compute=True, progress=_stderr_progress, plan=False).importance  # runs the search
+    calibration = ws.calibration(parent, text) if args.init == "subclone" and design.compensate != "none" else None
+    child, plan = init_child(parent, imp, shape, args.init, seed=args.seed, calibration=calibration, **rules)
     train_tokens, eval_tokens = text_tokens(parent, text, args.seq_len)
     child, result = train(child, train_tokens, eval_tokens, config, init=args.init,
                           teacher=parent.model if args.distill > 0 else None)

@@ -12,6 +12,8 @@ import math
 import torch
 
 from .arch import F, KV, Q, QKV, R
+from .compensate import fit
+from .errors import SubcloneError
 from .parents import Parent, new_model
 from .plan import Plan
 
@@ -45,14 +47,15 @@ def _scale_group(family, key: str, axes) -> str | None:
     return {R: "residual", F: "ffn", Q: "attn"}.get(fan_in)
 
 
-def slice_state(parent: Parent, plan: Plan) -> dict[str, torch.Tensor]:
-    """The child's state dict, shape-checked against the plan."""
+def slice_state(parent: Parent, plan: Plan, fitted: dict | None = None) -> dict[str, torch.Tensor]:
+    """The child's state dict; `fitted` replaces some parent tensors (same key, same shape) before slicing."""
     family, pshape = parent.family, parent.shape
     ratio = {"residual": pshape.hidden / plan.shape.hidden, "ffn": pshape.ffn / plan.shape.ffn,
              "attn": pshape.heads / plan.shape.heads, "embed": pshape.hidden / plan.shape.hidden}
     position = {layer: j for j, layer in enumerate(plan.layers)}
     out, done = {}, {}
     for key, tensor in parent.model.state_dict().items():
+        tensor = (fitted or {}).get(key, tensor)
         layer, inner, axes = family.locate(key)
         if layer is not None and layer not in position:
             continue
@@ -76,11 +79,18 @@ def slice_state(parent: Parent, plan: Plan) -> dict[str, torch.Tensor]:
     return out
 
 
-def build(parent: Parent, plan: Plan) -> torch.nn.Module:
-    """The child as a plain transformers model, in eval mode."""
+def build(parent: Parent, plan: Plan, calibration=None, progress=None) -> torch.nn.Module:
+    """The child as a plain transformers model, in eval mode. A plan with compensation fits it first, on the
+    calibration tokens (compensate.fit: seconds, with progress)."""
     family = parent.family
     config = family.child_config(parent.config, plan.shape, plan.layers)
-    state = slice_state(parent, plan)
+    fitted = None
+    if plan.compensate != "none":
+        if calibration is None:
+            raise SubcloneError(f"the plan's compensation '{plan.compensate}' is fitted on calibration text: "
+                                "pass the calibration tokens")
+        fitted = fit(parent, plan, calibration, plan.compensate, progress)
+    state = slice_state(parent, plan, fitted)
     child = new_model(family, config, empty=True)  # parameters on meta: nothing random is computed
     expected = {k: tuple(v.shape) for k, v in child.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in state.items()}

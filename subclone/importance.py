@@ -7,6 +7,8 @@ Hands the plan an `Importance` record of plain tensors, per block of the parent:
 - heads (L, Hq): mean L2 norm of each query head's output (input of the attention out projection).
 - magnitude (L,): relative magnitude ||f(x)|| / ||x + f(x)|| of each block y = x + f(x) (the paper).
 - bi (L,): block influence 1 - cos(x, y) (ShortGPT).
+- angular (L+1, L+1): angular[a, b] = mean arccos(cos(h_a, h_b)) / π between the residual stream entering block a
+  and entering block b (h_L leaves the last block): how far a span of blocks a..b-1 moves it (Gromov et al., 2024).
 Records are cached on disk, keyed by parent, data and settings.
 """
 from __future__ import annotations
@@ -29,8 +31,8 @@ from .evaluate import mean_loss, pooled
 from .parents import Parent, home
 
 Progress = Callable[[float, str], None]
-FIELDS = ("residual", "ffn", "heads", "magnitude", "bi", "ffn_rms")
-VERSION = 2  # in the cache key: records of an older version (fewer fields) are measured again
+FIELDS = ("residual", "ffn", "heads", "magnitude", "bi", "ffn_rms", "angular", "removals")
+VERSION = 3  # in the cache key: records of an older version (fewer fields) are measured again
 
 
 @dataclass
@@ -41,6 +43,8 @@ class Importance:
     magnitude: torch.Tensor
     bi: torch.Tensor
     ffn_rms: torch.Tensor | None = None  # None in hand-made records: the neuron score 'activation' does not need it
+    angular: torch.Tensor | None = None  # None in hand-made records: only the block rule 'angular' needs it
+    removals: torch.Tensor | None = None  # the block search's removals so far, in order (search.extend adds to it)
     meta: dict = field(default_factory=dict)  # parent, data, tokens, seconds
 
     @property
@@ -123,15 +127,18 @@ def measure(parent: Parent, tokens: data_mod.Tokens, batch_size: int = 4,
     blocks = parent.model.get_submodule(fam.layers)
     L = len(blocks)
     acc = dict(residual=torch.zeros(L, shape.hidden), ffn=torch.zeros(L, shape.ffn), ffn_rms=torch.zeros(L, shape.ffn),
-               heads=torch.zeros(L, shape.heads), magnitude=torch.zeros(L), bi=torch.zeros(L))
-    block_in = {}
+               heads=torch.zeros(L, shape.heads), magnitude=torch.zeros(L), bi=torch.zeros(L),
+               angular=torch.zeros(L + 1, L + 1))
+    block_in, stream = {}, {}  # stream: unit vectors of the residual stream entering each block, one batch
 
     def hooks_for(i, block):
         def pre_block(_, args, kwargs):
             block_in[i] = _first(args, kwargs)
+            stream[i] = torch.nn.functional.normalize(block_in[i].float(), dim=-1)
 
         def post_block(_, args, kwargs, output):
             x, y = block_in.pop(i), _out(output)
+            stream[i + 1] = torch.nn.functional.normalize(y.float(), dim=-1)
             acc["residual"][i] += y.abs().sum((0, 1))
             f = (y - x).norm(dim=-1)
             acc["magnitude"][i] += (f / y.norm(dim=-1).clamp_min(1e-12)).sum()
@@ -155,6 +162,11 @@ def measure(parent: Parent, tokens: data_mod.Tokens, batch_size: int = 4,
         done = 0
         for batch in tokens.batches(batch_size):
             parent.model.base_model(input_ids=batch)  # no LM head: only the blocks matter here
+            h = torch.stack([stream[i] for i in range(L + 1)])  # (L+1, b, T, d)
+            for a in range(L):
+                cos = (h[a:a + 1] * h[a + 1:]).sum(-1).clamp(-1, 1)
+                acc["angular"][a, a + 1:] += torch.arccos(cos).sum((1, 2)) / torch.pi
+            stream.clear()
             done += len(batch)
             if progress:
                 progress(done / n, f"calibration batch {done}/{n}")

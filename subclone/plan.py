@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .arch import F, KV, Q, QKV, R, Family, Shape
+from .compensate import COMPENSATE
 from .errors import SubcloneError, shown
 from .importance import Importance
 
@@ -92,8 +93,36 @@ def _first_blocks(imp, n):
     return list(range(n))
 
 
+def _angular(imp, n):  # Gromov et al. 2024: drop the span of L - n blocks that moves the stream least
+    L = len(imp.magnitude)
+    if n >= L:
+        return list(range(L))
+    if imp.angular is None:
+        raise SubcloneError("this importance record has no angular distances: analyze the parent again")
+    k = L - n
+    start = min(range(L - k + 1), key=lambda s: imp.angular[s, s + k].item())
+    return [i for i in range(L) if not start <= i < start + k]
+
+
+def _searched(imp, n):  # search.py: the greedy removals, measured on calibration loss
+    L = len(imp.magnitude)
+    done = [] if imp.removals is None else imp.removals.tolist()
+    if L - len(done) > n:
+        raise SubcloneError(f"the block search has not yet gone down to {n} blocks: Build runs it "
+                            "(subclone.search.extend from Python)")
+    return [i for i in range(L) if i not in done[:L - n]]
+
+
 BLOCK_RULES = {"magnitude": _keep_top("magnitude"), "bi": _keep_top("bi"), "middle": _middle,
-               "first": _first_blocks}
+               "first": _first_blocks, "angular": _angular, "search": _searched}
+BLOCK_RULE_HELP = {
+    "search": "greedy: remove the block whose removal changes the parent's predictions least, re-measured after each",
+    "magnitude": "the paper: keep the blocks with the largest relative magnitude ‖f(x)‖/‖x+f(x)‖",
+    "bi": "ShortGPT's block influence: keep the blocks with the largest 1 − cos(input, output)",
+    "angular": "drop the one contiguous span of blocks whose input and output are closest in angle (Gromov et al.)",
+    "middle": "drop blocks centred on the middle of the stack",
+    "first": "keep the first blocks",
+}
 
 
 def _rule(table: dict, name: str, what: str):
@@ -265,6 +294,7 @@ class Plan:
     scale: dict = field(default_factory=lambda: dict(DEFAULT_SCALE))
     score: str = "activation"
     kv_merge: int = 1  # each run of this many kept parent KV heads is averaged into one child KV head
+    compensate: str = "none"  # compensate.COMPENSATE: least-squares fits applied when the child is built
     seed: int = 0
     params: int = 0
     flops_per_token: int = 0
@@ -290,6 +320,12 @@ def scale_choice(scale) -> dict:
     return {**DEFAULT_SCALE, **(scale or {})}
 
 
+def check_block_rule(block_rule: str, n_layers: int) -> None:
+    """A rule name or a block list the parent can take (cheap: nothing is measured)."""
+    if parse_block_list(block_rule, n_layers) is None:
+        _rule(BLOCK_RULES, block_rule, "block rule")
+
+
 def choose_layers(importance: Importance, n: int, block_rule: str) -> list[int]:
     L = len(importance.magnitude)
     explicit = parse_block_list(block_rule, L)
@@ -312,11 +348,15 @@ def _select_heads(scores, parent: Shape, shape: Shape, rule, gen) -> tuple[list[
 
 
 def make_plan(parent, importance: Importance, shape: Shape, block_rule: str = "magnitude",
-              neuron_rule: str = "importance", scale=None, seed: int = 0, score: str = "activation") -> Plan:
-    """Which blocks, residual dims, FFN neurons and heads the child keeps."""
+              neuron_rule: str = "importance", scale=None, seed: int = 0, score: str = "activation",
+              compensate: str = "none") -> Plan:
+    """Which blocks, residual dims, FFN neurons and heads the child keeps (the paper's rules unless told)."""
     family, pshape = parent.family, parent.shape
     rule = _rule(NEURON_RULES, neuron_rule, "neuron rule")
     _rule(SCORES, score, "neuron score")
+    _rule(COMPENSATE, compensate, "compensation")
+    if compensate != "none" and family.kind != "causal-lm":
+        raise SubcloneError(f"compensation fits a causal LM's block outputs; {parent.name} is a {family.kind}")
     gen = torch.Generator().manual_seed(seed)
     layers = choose_layers(importance, shape.layers, block_rule)
     residual = rule(importance.residual_ranking, shape.hidden, gen).sort().values.tolist()
@@ -327,7 +367,26 @@ def make_plan(parent, importance: Importance, shape: Shape, block_rule: str = "m
     return Plan(parent=parent.name, family=family.name, shape=shape, layers=layers, residual=residual, ffn=ffn,
                 heads=list(heads), kv_heads=list(kv), block_rule=block_rule, neuron_rule=neuron_rule,
                 scale=scale_choice(scale), seed=seed, params=params, flops_per_token=flops, score=score,
-                kv_merge=kv_layout(pshape, shape.heads, shape.kv_heads)[0])
+                kv_merge=kv_layout(pshape, shape.heads, shape.kv_heads)[0], compensate=compensate)
+
+
+PRESETS = {
+    "best": dict(block_rule="search", neuron_rule="importance", score="activation-weight", compensate="all"),
+    "paper": dict(block_rule="magnitude", neuron_rule="importance", score="activation", compensate="none"),
+}
+PRESET_HELP = {
+    "best": "the strategy that measured best on held-out text of another domain (bench/RESULTS.md)",
+    "paper": "the rules of Samragh et al. 2023 as published",
+}
+
+
+def preset(name: str, family: Family) -> dict:
+    """Block rule, neuron rule, score and compensation of a preset; `best` falls back to the paper's block rule and no
+    fitting for encoders, which the search and the fits (next-token loss, pre-norm blocks) do not cover."""
+    chosen = dict(_rule(PRESETS, name, "preset"))
+    if family.kind != "causal-lm":
+        chosen.update(block_rule="magnitude", compensate="none")
+    return chosen
 
 
 def snap_shape(family: Family, parent: Shape, layers: int, hidden: int, ffn: int, heads: int,

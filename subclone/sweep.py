@@ -61,16 +61,18 @@ def pareto(frame: pd.DataFrame, x: str, y: str, lower_is_better: bool = True) ->
 
 def sweep(parent, importance, ref: Reference, shapes: list[Shape], block_rule: str = "magnitude",
           neuron_rule: str = "importance", scale=None,
-          progress: Callable[[float, str], None] | None = None, score: str = "activation") -> pd.DataFrame:
-    """One row per shape: its size and its zero-shot quality; `pareto` marks the best tradeoffs."""
+          progress: Callable[[float, str], None] | None = None, score: str = "activation", compensate: str = "none",
+          calibration=None) -> pd.DataFrame:
+    """One row per shape: its size and its zero-shot quality; `pareto` marks the best tradeoffs. With compensation
+    each child is fitted on the calibration tokens first (seconds per child)."""
     rows = []
     for i, shape in enumerate(shapes):
         if progress:
             progress(i / len(shapes), f"child {i + 1}/{len(shapes)}: {shape.layers} layers, hidden {shape.hidden}")
         t = time.perf_counter()
         plan = make_plan(parent, importance, shape, block_rule=block_rule, neuron_rule=neuron_rule, scale=scale,
-                         score=score)
-        r = evaluate(build(parent, plan), ref, plan.residual, speed=False)
+                         score=score, compensate=compensate)
+        r = evaluate(build(parent, plan, calibration), ref, plan.residual, speed=False)
         d = describe(parent, shape)
         rows.append({**shape.to_dict(), **{k: d[k] for k in ("params", "percent_of_parent", "flops_per_token",
                                                            "expected_speedup")},

@@ -74,8 +74,9 @@ def _check_init(init: str) -> None:
         raise SubcloneError(f"unknown init '{init}'. Available: {', '.join(INITS)}")
 
 
-def init_child(parent, importance, shape, init: str = "subclone", seed: int = 0, **plan_options):
-    """(model, plan) for one initialization of a child shape; plan is None for random init."""
+def init_child(parent, importance, shape, init: str = "subclone", seed: int = 0, calibration=None, **plan_options):
+    """(model, plan) for one initialization of a child shape; plan is None for random init. A plan with compensation
+    is fitted on `calibration` (the calibration tokens)."""
     from .clone import build
     from .parents import new_model
     from .plan import make_plan
@@ -89,7 +90,7 @@ def init_child(parent, importance, shape, init: str = "subclone", seed: int = 0,
     if init == "uniform":
         plan_options = dict(block_rule="first", neuron_rule="uniform", scale=False)
     plan = make_plan(parent, importance, shape, seed=seed, **plan_options)
-    return build(parent, plan), plan
+    return build(parent, plan, calibration), plan
 
 
 def _param_groups(model, weight_decay: float):
@@ -237,9 +238,15 @@ def compare_inits(parent, importance, shape, inits, config: TrainConfig, data: s
         raise SubcloneError(f"choose at least one init: {', '.join(INITS)}")
     config.check()
     train_tokens, eval_tokens = text_tokens(parent, data, config.seq_len)
+    calibration = None
+    if plan_options.get("compensate", "none") != "none":
+        from .data import as_text
+
+        calibration = parent.tokenize(as_text(data).calibration, 256, 16, "calibration")
     out = {}
     for init in inits:
-        child, plan = init_child(parent, importance, shape, init, seed=config.seed, **plan_options)
+        child, plan = init_child(parent, importance, shape, init, seed=config.seed, calibration=calibration,
+                                 **plan_options)
         run = replace(config, steps=(steps or {}).get(init, config.steps))
         child, result = train(child, train_tokens, eval_tokens, run, init=init,
                               teacher=parent.model if run.distill > 0 else None,

@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -33,7 +33,11 @@ from .evaluate import Reference, evaluate, generate, held_out, reference, simila
 from .importance import Importance, analyze, drop_one
 from .limits import Limits, float_arg, int_arg, text_arg
 from .parents import BUILTIN, DEFAULT_PARENT, Parent, load_parent
-from .plan import NEURON_RULES, SCALE_GROUPS, SCORES, Plan, choose_layers, describe, make_plan, snap_shape
+from .compensate import COMPENSATE
+from .importance import cache_path
+from .plan import (NEURON_RULES, PRESETS, SCALE_GROUPS, SCORES, Plan, check_block_rule, choose_layers, describe,
+                   make_plan, snap_shape)
+from .search import extend, searched
 from .sweep import grid, parse_list, sweep
 from .train import INITS, TrainConfig, compare_inits
 
@@ -58,15 +62,16 @@ class Design:
     ffn: int | None = None
     heads: int | None = None
     kv_heads: int | None = None
-    block_rule: str = "magnitude"
+    block_rule: str = PRESETS["best"]["block_rule"]
     neuron_rule: str = "importance"
     scale: tuple[str, ...] = ("residual", "embed")
-    score: str = "activation"
+    score: str = PRESETS["best"]["score"]
+    compensate: str = PRESETS["best"]["compensate"]
 
     @classmethod
     def of(cls, limits: Limits, parent, data, layers=None, hidden=None, ffn=None, heads=None, kv_heads=None,
-           block_rule="magnitude", neuron_rule="importance", scale=("residual", "embed"),
-           score="activation") -> "Design":
+           block_rule=PRESETS["best"]["block_rule"], neuron_rule="importance", scale=("residual", "embed"),
+           score=PRESETS["best"]["score"], compensate=PRESETS["best"]["compensate"]) -> "Design":
         """A Design from untrusted values (widgets, API calls): anything odd is a clear error, not a traceback."""
         # only the type and a sanity bound here: the shape rules (and their nearest valid values) come later
         size = lambda v, what: None if v is None else int_arg(v, what, 0, 10**6)  # noqa: E731
@@ -83,12 +88,16 @@ class Design:
         score = text_arg(score or "activation", "the neuron score", limits.max_spec_chars)
         if score not in SCORES:
             raise SubcloneError(f"unknown neuron score '{shown(score)}'. Available: {', '.join(SCORES)}")
+        compensate = text_arg(compensate or "none", "the compensation", limits.max_spec_chars)
+        if compensate not in COMPENSATE:
+            raise SubcloneError(f"unknown compensation '{shown(compensate)}'. Available: {', '.join(COMPENSATE)}")
         return cls(parent=text_arg(parent, "the parent", limits.max_spec_chars),
                    data=text_arg(data or "builtin", "the data spec", limits.max_spec_chars),
                    layers=size(layers, "layers"), hidden=size(hidden, "hidden"), ffn=size(ffn, "ffn"),
                    heads=size(heads, "heads"), kv_heads=size(kv_heads, "kv heads"),
                    block_rule=text_arg(block_rule, "the block rule", limits.max_spec_chars),
-                   neuron_rule=neuron_rule, scale=tuple(g for g in SCALE_GROUPS if g in (scale or ())), score=score)
+                   neuron_rule=neuron_rule, scale=tuple(g for g in SCALE_GROUPS if g in (scale or ())), score=score,
+                   compensate=compensate)
 
     @property
     def scale_choice(self) -> dict:
@@ -189,6 +198,7 @@ class Workspace:
         self._heavy: OrderedDict = OrderedDict()  # key -> (value, bytes): parents and references
         self._small: OrderedDict = OrderedDict()  # key -> value: importance, drop-one scores, texts
         self._making: dict = {}  # key -> Lock: one thread makes an entry, the others wait for it
+        self._searching: dict = {}  # (parent, text) -> Lock: one block search at a time per parent and text
         self._sessions: dict[str, Session] = {}
 
     # ---- shared, bounded caches -------------------------------------------------------------------
@@ -370,18 +380,58 @@ class Workspace:
         given = {k: getattr(design, k) for k in ("layers", "hidden", "ffn", "heads", "kv_heads")}
         sizes = {k: getattr(parent.shape, k) if v is None else v for k, v in given.items()}
         shape, notes = snap_shape(parent.family, parent.shape, **sizes)
+        design = self._for_family(design, parent, notes)
+        check_block_rule(design.block_rule, parent.shape.layers)  # before anything is measured
         imp = self.importance(parent, text, compute=compute, progress=progress)
-        made = None if imp is None or not plan else make_plan(parent, imp, shape, block_rule=design.block_rule,
-                                                              neuron_rule=design.neuron_rule,
-                                                              scale=design.scale_choice, score=design.score)
+        if imp is not None and design.block_rule == "search" and not searched(imp, shape.layers):
+            if compute:
+                self._search(parent, text, imp, shape.layers, progress)
+            else:
+                notes.append(f"the block search for {shape.layers} blocks runs at Build (up to a minute, once)")
+        made = None
+        if imp is not None and plan and (compute or design.block_rule != "search" or searched(imp, shape.layers)):
+            made = make_plan(parent, imp, shape, block_rule=design.block_rule, neuron_rule=design.neuron_rule,
+                             scale=design.scale_choice, score=design.score, compensate=design.compensate)
         key = (self.parent_key(design.parent), text.digest, shape, design.block_rule, design.neuron_rule, design.scale,
-               design.score)
+               design.score, design.compensate)
         return Designed(parent, text, shape, notes, imp, made, key)
+
+    @staticmethod
+    def _for_family(design: Design, parent: Parent, notes: list[str]) -> Design:
+        """The search and the fits measure next-token loss: for an encoder they give way to the paper's rules."""
+        if parent.family.kind == "causal-lm" or (design.block_rule != "search" and design.compensate == "none"):
+            return design
+        notes.append(f"block search and compensation need a causal LM; {parent.family.name} uses the magnitude rule "
+                     "and no compensation")
+        return replace(design, block_rule="magnitude" if design.block_rule == "search" else design.block_rule,
+                       compensate="none")
+
+    def _search(self, parent: Parent, text: Text, imp: Importance, keep: int, progress: Progress | None) -> None:
+        """Run (or resume) the block search down to `keep` blocks; the order is saved with the importance record."""
+        with self._lock:
+            lock = self._searching.setdefault((parent.fingerprint, text.digest), threading.Lock())
+        with lock:  # one search per parent and text at a time; a second caller finds it done
+            if searched(imp, keep):
+                return
+            tokens = parent.tokenize(text.calibration, 256, 16, "calibration")
+            extend(parent, imp, tokens, keep, progress=progress)
+            imp.save(cache_path(parent, text))
+
+    def calibration(self, parent: Parent, text: Text):
+        """The calibration windows (the ones importance was measured on), for the fits of a compensated plan."""
+        return parent.tokenize(text.calibration, 256, 16, "calibration")
+
+    def child(self, d: "Designed", progress: Progress | None = None):
+        """Build the designed child: its plan's fits (if any) run on the calibration windows."""
+        return build(d.parent, d.plan, self.calibration(d.parent, d.text) if d.plan.compensate != "none" else None,
+                     progress=progress)
 
     def preview(self, design: Design, session: Session | None = None) -> tuple[Designed, dict, list[int] | None]:
         """Sizes of the designed child (instant: nothing is built) and the blocks it keeps, when analyzed."""
         d = self.design(design, session, plan=False)  # on every slider move: no plan, no model
-        kept = choose_layers(d.importance, d.shape.layers, design.block_rule) if d.importance is not None else None
+        rule = self._for_family(design, d.parent, []).block_rule
+        ready = d.importance is not None and (rule != "search" or searched(d.importance, d.shape.layers))
+        kept = choose_layers(d.importance, d.shape.layers, rule) if ready else None
         return d, describe(d.parent, d.shape), kept
 
     def build(self, session_id: str | None, design: Design, progress: Progress | None = None) -> tuple[Designed, dict]:
@@ -393,7 +443,7 @@ class Workspace:
             t = time.perf_counter()
             d = self.design(design, s, compute=True, progress=step)
             step(0.1, "building the child")
-            child = build(d.parent, d.plan)
+            child = self.child(d, progress=lambda f, m: step(0.1 + 0.1 * f, m))
             first = not self.has_reference(d.parent, d.text)
             step(0.2, "evaluating the parent (once per parent and text)" if first else "evaluating the child")
             ref = self.reference(d.parent, d.text)
@@ -445,13 +495,17 @@ class Workspace:
             raise SubcloneError(f"{len(depths)} depths × {len(widths)} widths = {len(depths) * len(widths)} children; "
                                 f"a sweep here builds at most {self.limits.max_sweep_shapes}")
         with s.job("sweep") as job:
-            d = self.design(design, s, compute=True)
-            shapes = grid(d.parent, depths, widths, d.shape.heads, d.shape.kv_heads)
             step = _progress(job, progress)
+            d = self.design(design, s, compute=True, plan=False)
+            shapes = grid(d.parent, depths, widths, d.shape.heads, d.shape.kv_heads)
+            rules = self._for_family(design, d.parent, [])
+            if rules.block_rule == "search":
+                self._search(d.parent, d.text, d.importance, min(x.layers for x in shapes), step)
             step(0.0, "evaluating the parent (once per parent and text)")
             ref = self.reference(d.parent, d.text)
-            frame = sweep(d.parent, d.importance, ref, shapes, design.block_rule, design.neuron_rule,
-                          design.scale_choice, progress=step, score=design.score)
+            frame = sweep(d.parent, d.importance, ref, shapes, rules.block_rule, rules.neuron_rule,
+                          rules.scale_choice, progress=step, score=rules.score, compensate=rules.compensate,
+                          calibration=self.calibration(d.parent, d.text))
         csv = s.folder / f"sweep-{int(time.time() * 1000)}.csv"
         _atomic(csv, lambda tmp: frame.to_csv(tmp, index=False))
         for old in s.files("sweep-*.csv")[:-KEEP_EXPORTS]:
@@ -468,7 +522,7 @@ class Workspace:
             step = _progress(job, progress)
             step(0.0, "building the child")
             d = self.design(design, s, compute=True)
-            child = build(d.parent, d.plan)
+            child = self.child(d)
             metrics = s.metrics.get(d.key)
             if metrics is None:
                 step(0.3, "evaluating (no latency)")
@@ -519,8 +573,8 @@ class Workspace:
                 try:
                     box["runs"] = compare_inits(d.parent, d.importance, d.shape, inits, config, d.text,
                                                 on_eval=lambda i, r: records.put((i, r)), should_stop=job.stop.is_set,
-                                                block_rule=design.block_rule, neuron_rule=design.neuron_rule,
-                                                scale=design.scale_choice, score=design.score)
+                                                block_rule=d.plan.block_rule, neuron_rule=d.plan.neuron_rule,
+                                                scale=d.plan.scale, score=d.plan.score, compensate=d.plan.compensate)
                 except BaseException as e:  # handed to the consumer below
                     box["error"] = e
                 finally:

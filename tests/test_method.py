@@ -1,6 +1,7 @@
 """The method itself, pinned on tiny models with planted structure: what is measured as important is what is kept,
 in the right place of every tensor, scaled by the right factor; reversing or shuffling a ranking fails here."""
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ import torch
 from subclone import build, make_plan, resolve_shape
 from subclone.arch import F, KV, Q, QKV, R
 from subclone.data import Tokens
+from subclone.errors import SubcloneError
 from subclone.importance import Importance, measure
 from subclone.plan import BLOCK_RULES, count, is_tied
 
@@ -92,11 +94,18 @@ def test_heads_kept_are_the_strongest_whole_groups():
 def test_which_blocks_each_rule_drops():
     parent = tiny_parent("llama")  # 4 blocks
     L = 4
+    angular = torch.ones(L + 1, L + 1)
+    angular[1, 3], angular[2, 3] = 0.2, 0.1  # span 1-2 moves the stream least; of single blocks, block 2
     imp = Importance(residual=torch.rand(L, 48), ffn=torch.rand(L, 40), heads=torch.rand(L, 6),
-                     magnitude=torch.tensor([0.9, 0.1, 0.5, 0.3]), bi=torch.tensor([0.2, 0.8, 0.1, 0.9]))
+                     magnitude=torch.tensor([0.9, 0.1, 0.5, 0.3]), bi=torch.tensor([0.2, 0.8, 0.1, 0.9]),
+                     angular=angular, removals=torch.tensor([2, 0]))
     kept = {rule: BLOCK_RULES[rule](imp, 2) for rule in BLOCK_RULES}
     assert sorted(kept["magnitude"]) == [0, 2] and sorted(kept["bi"]) == [1, 3]
     assert sorted(kept["first"]) == [0, 1] and sorted(kept["middle"]) == [0, 3]
+    assert kept["angular"] == [0, 3] and BLOCK_RULES["angular"](imp, 3) == [0, 1, 3]
+    assert kept["search"] == [1, 3] and BLOCK_RULES["search"](imp, 3) == [0, 1, 3]
+    with pytest.raises(SubcloneError, match="has not yet gone down to 1 blocks"):
+        BLOCK_RULES["search"](imp, 1)
     assert sorted(BLOCK_RULES["middle"](imp, 3)) in ([0, 1, 3], [0, 2, 3])
 
 
@@ -267,3 +276,90 @@ def test_merging_identical_kv_heads_changes_nothing():
     x = ids()
     with torch.no_grad():
         assert (child(input_ids=x).logits - parent.model(input_ids=x).logits).abs().max() <= 1e-4
+
+
+# ---- the block search and the compensation fits -----------------------------------------------------------------
+
+def _identity_block(parent, i):
+    """Zero a block's two output projections: it then passes the stream through unchanged."""
+    block = parent.model.get_submodule(parent.family.layers)[i]
+    for name in (parent.family.ffn_input, parent.family.heads_input):
+        block.get_submodule(name).weight.data.zero_()
+        if getattr(block.get_submodule(name), "bias", None) is not None:
+            block.get_submodule(name).bias.data.zero_()
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_the_search_and_angular_spans_remove_a_planted_identity_block_first(name):
+    from subclone.importance import measure
+    from subclone.search import greedy_removals
+
+    parent = tiny_parent(name)
+    _identity_block(parent, 2)
+    tokens = Tokens(ids(4, 32))
+    assert greedy_removals(parent, tokens, keep=parent.shape.layers - 1) == [2]
+    imp = measure(parent, tokens)
+    assert imp.angular[2, 3] == pytest.approx(0, abs=1e-3) and imp.angular[1, 2] > 0.01
+    assert BLOCK_RULES["angular"](imp, parent.shape.layers - 1) == [i for i in range(parent.shape.layers) if i != 2]
+
+
+def _ffn_error(parent, child_plan, fitted, tokens, layer):
+    """‖FFN output of the kept neurons − the parent's FFN output‖ on the tokens, in one parent block."""
+    fam = parent.family
+    module = parent.model.get_submodule(f"{fam.layers}.{layer}.{fam.ffn_input}")
+    seen = {}
+    handle = module.register_forward_hook(lambda m, a, out: seen.update(a=a[0].detach(), out=out.detach()))
+    parent.model(input_ids=tokens.ids)
+    handle.remove()
+    key = f"{fam.layers}.{layer}.{fam.ffn_input}.weight"
+    w = fitted.get(key, module.weight.detach())
+    k = child_plan.ffn[child_plan.layers.index(layer)]
+    a = seen["a"][..., k]
+    w_k = w[k] if fam.weights_in_out else w[:, k].T
+    bias = module.bias.detach() if getattr(module, "bias", None) is not None else 0
+    return (a @ w_k + bias - seen["out"]).norm().item()
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_refit_brings_each_cut_ffn_closer_to_the_parent_and_full_shape_changes_nothing(name):
+    from subclone.compensate import fit
+
+    parent = tiny_parent(name)
+    p = parent.shape
+    imp = measure(parent, Tokens(ids(4, 32)))
+    tokens = Tokens(ids(16, 32, seed=3))
+    full = make_plan(parent, imp, resolve_shape(parent.family, p), compensate="all")
+    assert fit(parent, full, tokens, "all") == {}  # nothing cut, nothing fitted: the child is the parent
+    x = ids()
+    assert torch.equal(build(parent, full, tokens)(x).logits, parent.model(x).logits)
+    plan = make_plan(parent, imp, resolve_shape(parent.family, p, ffn=p.ffn // 2), compensate="refit")
+    fitted = fit(parent, plan, tokens, "refit")
+    assert len(fitted) == p.layers
+    for layer in range(p.layers):
+        assert _ffn_error(parent, plan, fitted, tokens, layer) < 0.97 * _ffn_error(parent, plan, {}, tokens, layer)
+
+
+def test_a_depth_map_stands_in_for_removed_blocks_and_is_fused_into_the_block_before():
+    from subclone.compensate import fit, removed_runs
+
+    assert removed_runs([0, 3], 5) == {0: 2, 3: 4} and removed_runs([1, 2], 4) == {2: 3}  # block 0 has none before
+    parent = tiny_parent("llama")
+    tokens = Tokens(ids(16, 32, seed=3))
+    imp = measure(parent, tokens)
+    plan = make_plan(parent, imp, resolve_shape(parent.family, parent.shape, layers=2), block_rule="0,3",
+                     compensate="depth")
+    fitted = fit(parent, plan, tokens, "depth")
+    assert set(fitted) == {"model.layers.0.mlp.down_proj.weight"}
+    blocks = parent.model.model.layers
+    seen = {}
+    hooks = [blocks[i].register_forward_hook(lambda m, a, out, i=i: seen.__setitem__(i, out)) for i in (0, 2)]
+    parent.model(input_ids=tokens.ids)
+    for h in hooks:
+        h.remove()
+    plain, mapped = build(parent, replace(plan, compensate="none")), build(parent, plan, tokens)  # the stream
+    # leaving each child's block 0
+    for child in (plain, mapped):
+        child.model.layers[0].register_forward_hook(lambda m, a, out, c=child: seen.__setitem__(c, out))
+        child(input_ids=tokens.ids)
+    residual = (seen[2] - seen[0]).norm()  # what blocks 1-2 add in the parent
+    assert (seen[mapped] - seen[2]).norm() < 0.97 * (seen[plain] - seen[2]).norm() <= 1.01 * residual

@@ -43,6 +43,7 @@ class Family:
     heads_input: str  # module in a block whose input is the concatenated per-head outputs
     embeddings: tuple[str, ...] = ()  # lookup tables (vocabulary, positions): no fan-in to scale
     lm_head: str | None = None  # output projection to the vocabulary, often tied to the embeddings
+    final_norm: str | None = None  # causal LMs: the norm between the last block and the LM head
     weights_in_out: bool = False  # GPT-2's Conv1D stores weights as (in, out) instead of (out, in)
     head_dim_from_hidden: bool = False  # config derives head_dim = hidden / heads (no head_dim field)
     defaults: dict = field(default_factory=dict)  # config attribute -> value when the config says None

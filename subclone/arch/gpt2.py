@@ -32,6 +32,7 @@ FAMILY = Family(
     heads_input="attn.c_proj",
     embeddings=("transformer.wte.weight", "transformer.wpe.weight"),
     lm_head="lm_head.weight",
+    final_norm="transformer.ln_f",
     weights_in_out=True,
     head_dim_from_hidden=True,
     defaults={"ffn": 4},  # n_inner=None means 4 * n_embd

@@ -35,4 +35,5 @@ FAMILY = Family(
     heads_input="self_attn.o_proj",
     embeddings=("model.embed_tokens.weight",),
     lm_head="lm_head.weight",
+    final_norm="model.norm",
 )

@@ -1,0 +1,144 @@
+"""Training-free compensation: least-squares fits on calibration activations, fused into the child's weights.
+
+- refit: in every kept block whose FFN (or attention) is cut, the output projection is refit on the kept neurons
+  (heads) so that its output matches the parent's in the least-squares sense: with G = aᵀa the Gram matrix of its
+  inputs a and K the kept ones, W_K = argmin ‖a_K W_K − a W‖² + λ‖W_K − W[K]‖².
+- depth: each run of removed blocks a..b is stood in for by a linear map T of the FFN output M of the kept block
+  before it (as ReplaceMe, Shopkhoev et al., 2025): with Y the stream before M is added and h the stream leaving
+  block b, T = argmin ‖M T − (h − Y)‖² + λ‖T − I‖², fused into that block's FFN output projection
+  (W ← W T, bias ← bias T).
+
+Everything is fitted on the parent's own activations, in the parent's coordinates, and sliced like any other
+weight afterwards: the child stays a plain model of the parent's family. Needs a pre-norm causal LM (the FFN output
+is added straight to the stream).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .data import Tokens
+from .errors import SubcloneError, shown
+
+Progress = Callable[[float, str], None]
+COMPENSATE = {
+    "none": "no fitting: the kept weights as they are (the paper)",
+    "refit": "refit the output projection of each cut FFN and attention by least squares on calibration activations",
+    "depth": "replace each run of removed blocks by a least-squares linear map fused into the block before it",
+    "all": "both: refit and depth maps",
+}
+RIDGE = 0.1  # λ as a fraction of the Gram matrix's mean diagonal (chosen on the built-in text's held-out split)
+WINDOWS = 16  # calibration windows the fits use (8 overfit: worse than no fit)
+
+
+def check(name: str) -> str:
+    if name not in COMPENSATE:
+        raise SubcloneError(f"unknown compensation '{shown(name)}'. Available: {', '.join(COMPENSATE)}")
+    return name
+
+
+def applies(family) -> bool:
+    return family.kind == "causal-lm"
+
+
+def removed_runs(layers: list[int], n_layers: int) -> dict[int, int]:
+    """{kept block p: last removed block b} for each run of removed blocks p+1..b that follows a kept block."""
+    runs, kept = {}, set(layers)
+    for p in sorted(kept):
+        b = p
+        while b + 1 < n_layers and b + 1 not in kept:
+            b += 1
+        if b > p:
+            runs[p] = b
+    return runs
+
+
+def _solve(gram: torch.Tensor, rhs: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+    """argmin_X ‖A X − B‖² + λ‖X − prior‖² given gram = AᵀA and rhs = AᵀB: ridge towards the unfitted weights,
+    so directions the calibration text does not excite keep the parent's values."""
+    gram = gram.double()
+    ridge = RIDGE * gram.diagonal().mean().clamp_min(1e-12)
+    eye = torch.eye(len(gram), dtype=gram.dtype)
+    return torch.linalg.solve(gram + ridge * eye, rhs.double() + ridge * prior.double()).float()
+
+
+def _heads_dims(heads: list[int], head_dim: int) -> list[int]:
+    return [h * head_dim + d for h in heads for d in range(head_dim)]
+
+
+@torch.no_grad()
+def fit(parent, plan, tokens: Tokens, method: str, progress: Progress | None = None) -> dict[str, torch.Tensor]:
+    """Parent-space replacements {state-dict key: tensor} for the output projections the fits change."""
+    check(method)
+    fam, shape = parent.family, parent.shape
+    if method == "none":
+        return {}
+    if not applies(fam):
+        raise SubcloneError(f"compensation fits a causal LM's block outputs; {parent.name} is a {fam.kind}")
+    runs = removed_runs(plan.layers, shape.layers) if method in ("depth", "all") else {}
+    refit = {}  # (block, module) -> kept inputs of that output projection
+    if method in ("refit", "all"):
+        for i, ffn, heads in zip(plan.layers, plan.ffn, plan.heads):
+            if len(ffn) < shape.ffn:
+                refit[(i, fam.ffn_input)] = ffn
+            if len(heads) < shape.heads:
+                refit[(i, fam.heads_input)] = _heads_dims(heads, shape.head_dim)
+    if not runs and not refit:
+        return {}
+    blocks = parent.model.get_submodule(fam.layers)
+    stats, seen = {}, {}
+
+    def input_hook(key):
+        def hook(_, args, output):
+            a = args[0].flatten(0, 1).float()
+            stats[key] = stats.get(key, 0) + a.T @ a
+        return hook
+
+    def output_hook(key):
+        def hook(_, args, output):
+            seen[key] = (output[0] if isinstance(output, tuple) else output).flatten(0, 1).float()
+        return hook
+
+    handles = [blocks[i].get_submodule(m).register_forward_hook(input_hook((i, m))) for i, m in refit]
+    handles += [blocks[p].get_submodule(fam.ffn_input).register_forward_hook(output_hook(("m", p))) for p in runs]
+    handles += [blocks[i].register_forward_hook(output_hook(("out", i))) for i in set(runs) | set(runs.values())]
+    ids = tokens.ids[:WINDOWS]
+    try:
+        for n, batch in enumerate(ids.split(2)):
+            if progress:
+                progress(n * 2 / len(ids), f"fitting compensation: calibration batch {n + 1}/{-(-len(ids) // 2)}")
+            parent.model.base_model(input_ids=batch, use_cache=False)
+            for p, b in runs.items():
+                m = seen[("m", p)]
+                r = seen[("out", b)] - (seen[("out", p)] - m)  # target minus the stream before M is added
+                stats[("mm", p)] = stats.get(("mm", p), 0) + m.T @ m
+                stats[("mr", p)] = stats.get(("mr", p), 0) + m.T @ r
+            seen.clear()
+    finally:
+        for h in handles:
+            h.remove()
+    return fuse(parent, refit, runs, stats)
+
+
+def fuse(parent, refit: dict, runs: dict, stats: dict) -> dict[str, torch.Tensor]:
+    """Solve the fits from their statistics and write them into the parent's output projections."""
+    fam = parent.family
+    out = {}
+    for i, m in set(refit) | {(p, fam.ffn_input) for p in runs}:
+        prefix = f"{fam.layers}.{i}.{m}"
+        module = parent.model.get_submodule(prefix)
+        w = module.weight.detach().float()
+        w_t = (w if fam.weights_in_out else w.T).clone()  # (inputs, d): output = a @ w_t + bias
+        if (i, m) in refit:
+            k = torch.tensor(refit[(i, m)])
+            g = stats[(i, m)]
+            w_t[k] = _solve(g[k][:, k], g[k] @ w_t, w_t[k])
+        if m == fam.ffn_input and i in runs:
+            gram = stats[("mm", i)]
+            t = _solve(gram, stats[("mr", i)], torch.eye(len(gram)))  # (d, d): M T stands in for the removed blocks
+            w_t = w_t @ t
+            if getattr(module, "bias", None) is not None:
+                out[f"{prefix}.bias"] = (module.bias.detach().float() @ t).to(module.bias.dtype)
+        out[f"{prefix}.weight"] = (w_t if fam.weights_in_out else w_t.T).contiguous().to(module.weight.dtype)
+    return out

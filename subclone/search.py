@@ -1,0 +1,130 @@
+"""Blocks chosen by measuring, not by a fixed rule: greedy removal on calibration text.
+
+A block's removal changes only what comes after it. `Stack` runs the parent's blocks one at a time on a few
+calibration windows and keeps the residual stream entering each kept block, so trying a removal runs only the
+blocks after it, from the cached stream. Each step tries the `width` blocks that move the stream least in the
+current stack (lowest 1 − cos between a block's input and output, the cheap screen) and removes the one whose
+removal moves the next-token distribution least from the parent's (KL(parent ‖ stack)); the cached stream after it
+is then recomputed.
+
+Removals are nested: the child with n blocks keeps what the first L − n removals leave, so one search serves
+every depth down to where it stopped, and a deeper cut resumes it (`extend`, which keeps the order in the
+`Importance` record, so it is cached with it).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .data import Tokens
+from .errors import SubcloneError
+
+Progress = Callable[[float, str], None]
+WIDTH = 4  # candidates tried per removal
+WINDOWS, WINDOW_LEN = 2, 256  # calibration tokens the divergence is measured on
+LOSS_STRIDE = 4  # the LM head reads every 4th position: over all of them it costs as much as a dozen blocks
+
+
+def _out(output):
+    return output[0] if isinstance(output, tuple) else output
+
+
+class Stack:
+    """The parent's blocks, called one at a time with the arguments the model itself passes them."""
+
+    def __init__(self, parent, ids: torch.Tensor):
+        fam = parent.family
+        if fam.kind != "causal-lm" or not fam.final_norm:
+            raise SubcloneError(f"the block search measures next-token loss: it needs a causal LM, and "
+                                f"{parent.name} is a {fam.kind} ({fam.name})")
+        self.model, self.ids = parent.model, ids
+        self.blocks = parent.model.get_submodule(fam.layers)
+        self.norm = parent.model.get_submodule(fam.final_norm)
+        self.calls, first = {}, {}
+
+        def record(i):
+            def hook(_, args, kwargs):
+                if i == 0:
+                    first["h"] = args[0] if args else kwargs["hidden_states"]
+                self.calls[i] = (args[1:], {k: v for k, v in kwargs.items() if k != "hidden_states"})
+            return hook
+
+        handles = [b.register_forward_pre_hook(record(i), with_kwargs=True) for i, b in enumerate(self.blocks)]
+        try:
+            with torch.no_grad():
+                self.model.base_model(input_ids=ids, use_cache=False)
+        finally:
+            for h in handles:
+                h.remove()
+        self.embedded = first["h"]
+
+    @torch.no_grad()
+    def block(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        args, kwargs = self.calls[i]
+        return _out(self.blocks[i](h, *args, **kwargs))
+
+    @torch.no_grad()
+    def stream(self, blocks: list[int], h: torch.Tensor) -> list[torch.Tensor]:
+        """The stream entering each of `blocks` from h, and leaving the last: len(blocks) + 1 tensors."""
+        out = [h]
+        for i in blocks:
+            out.append(self.block(i, out[-1]))
+        return out
+
+    @torch.no_grad()
+    def logp(self, h: torch.Tensor) -> torch.Tensor:
+        """Next-token log-probabilities from the stream leaving the last block, at every LOSS_STRIDE-th position."""
+        logits = self.model.get_output_embeddings()(self.norm(h[:, ::LOSS_STRIDE]))
+        return logits.float().log_softmax(-1)
+
+    @torch.no_grad()
+    def divergence(self, h: torch.Tensor, parent_logp: torch.Tensor) -> float:
+        """KL(parent ‖ this stack): how far the removals moved the model's predictions, whatever the text."""
+        return (parent_logp.exp() * (parent_logp - self.logp(h))).sum(-1).mean().item()
+
+
+def _moves(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (1 - torch.nn.functional.cosine_similarity(a, b, dim=-1)).mean().item()
+
+
+def greedy_removals(parent, tokens: Tokens, keep: int, done: list[int] = (), width: int = WIDTH,
+                    progress: Progress | None = None) -> list[int]:
+    """Parent block indices in the order they are removed, continuing `done`, until `keep` blocks remain."""
+    L = parent.shape.layers
+    if not 1 <= keep <= L:
+        raise SubcloneError(f"the search keeps between 1 and {L} blocks, not {keep}")
+    order = list(done)
+    kept = [i for i in range(L) if i not in order]
+    if len(kept) <= keep:
+        return order
+    stack = Stack(parent, tokens.ids[:WINDOWS, :WINDOW_LEN])
+    target = stack.logp(stack.stream(list(range(L)), stack.embedded)[-1])
+    stream = stack.stream(kept, stack.embedded)
+    total = len(kept) - keep
+    while len(kept) > keep:
+        if progress:
+            progress((len(order) - len(done)) / total, f"searching: removing block {len(order) - len(done) + 1} of "
+                                                       f"{total}")
+        screen = sorted(range(len(kept)), key=lambda p: _moves(stream[p], stream[p + 1]))[:width]
+        trials = {p: stack.divergence(stack.stream(kept[p + 1:], stream[p])[-1], target) for p in screen}
+        p = min(trials, key=trials.get)
+        order.append(kept.pop(p))
+        stream[p:] = stack.stream(kept[p:], stream[p])
+    return order
+
+
+def extend(parent, importance, tokens: Tokens, keep: int, progress: Progress | None = None) -> bool:
+    """Make sure the record's removals reach a stack of `keep` blocks; True when it had to search."""
+    done = [] if importance.removals is None else importance.removals.tolist()
+    if parent.shape.layers - len(done) <= keep:
+        return False
+    order = greedy_removals(parent, tokens, keep, done, progress=progress)
+    importance.removals = torch.tensor(order, dtype=torch.int64)
+    return True
+
+
+def searched(importance, keep: int) -> bool:
+    """Whether the record's removals already reach `keep` blocks (the plan is then instant)."""
+    L = len(importance.magnitude)
+    return keep >= L or (importance.removals is not None and L - len(importance.removals) <= keep)
