@@ -30,5 +30,10 @@ test: setup browser
 test-quick: setup
 	$(PY) -m pytest -q -m "not slow"
 
+# Every benchmark, peers included (installed from requirements-bench.txt into the same venv): writes bench/RESULTS.md.
+bench: setup
+	$(PY) -m pip install -q -r requirements-bench.txt
+	$(PY) bench/run.py
+
 clean:
 	rm -rf $(VENV)

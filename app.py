@@ -20,6 +20,7 @@ import transformers
 from gradio.utils import get_upload_folder
 
 from subclone import SubcloneError, plots
+from subclone.limits import return_large_allocations
 from subclone.limits import Limits
 from subclone.parents import BUILTIN, DEFAULT_PARENT
 from subclone.compensate import COMPENSATE
@@ -36,6 +37,7 @@ ROOT = Path(__file__).resolve().parent
 LEARN = (ROOT / "docs" / "learn.md").read_text()
 # Every session's files live inside Gradio's own cache folder, so Gradio serves them without keeping a copy,
 # and they are deleted with the session.
+return_large_allocations()  # before any model is loaded
 WS = Workspace(Limits.space(), Path(get_upload_folder()) / f"subclone-{os.getpid()}")
 SLIDERS = ("layers", "hidden", "ffn", "heads", "kv heads")
 
@@ -176,8 +178,10 @@ def on_preview(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, r
              f"{size['flops_per_token'] / 1e6:.1f} MFLOPs/token · expected speed-up ×{size['expected_speedup']}",
              f"shape: {shape.layers} layers · hidden {shape.hidden} · ffn {shape.ffn} · "
              f"{shape.heads} heads / {shape.kv_heads} kv"]
-    lines += [f"snapped {n}" for n in d.notes]
-    return "  \n".join(lines), plots.block_strip(d.parent.shape.layers, kept)
+    lines += [f"snapped {n}" if "→" in n else n for n in d.notes]
+    pending = None if d.importance is None or kept is not None else \
+        "The block search chooses the blocks at Build (once, up to a minute); after that every depth shows here."
+    return "  \n".join(lines), plots.block_strip(d.parent.shape.layers, kept, pending)
 
 
 def on_design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale, score, compensate,
@@ -189,9 +193,9 @@ def on_design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, ne
                       WS.session(_sid(request)))
     except SubcloneError:
         return [gr.skip()] * 7  # the readout already says what is wrong
-    if d.plan is None:
+    if d.importance is None:
         return [gr.skip()] * 7
-    imp, plan = d.importance, d.plan
+    imp, plan = d.importance, d.plan  # no plan yet while the block search waits for Build: nothing greyed out
     residual, heads = plots.residual_map(imp, plan), plots.heads_map(imp, plan)  # shown in Anatomy and Design
     return (residual, plots.consistency_map(imp), heads, plots.ffn_map(imp, plan),
             plots.blocks_chart(imp, WS.drop_scores(d.parent, d.text), plan, d.parent.family.kind), heads, residual)
@@ -471,7 +475,9 @@ with gr.Blocks(title="subclone") as demo:
     demo.load(on_preview, preview_in, [readout, strip], api_name=False, **RAW).then(
         on_design, design_in, anatomy, api_name=False, **RAW)
     drop_btn.click(on_drop_one, design_in, fig_blocks, api_name="drop_one", **RAW)
-    build_btn.click(on_build, design_in, [results, history_table], api_name="build", **RAW)
+    build_btn.click(on_build, design_in, [results, history_table], api_name="build", **RAW).then(
+        on_preview, preview_in, [readout, strip], api_name=False, show_progress="hidden", **RAW).then(
+        on_design, design_in, anatomy, api_name=False, show_progress="hidden", **RAW)  # the search's blocks
     outputs_btn.click(on_outputs, [parent, prompt], [parent_out, child_out], api_name="outputs", **RAW)
     sweep_btn.click(on_sweep, [parent, data, depths, widths, heads, kv_heads, block_rule, neuron_rule, scale, score,
                                compensate],

@@ -17,7 +17,10 @@ from subclone.workspace import Workspace  # noqa: E402
 
 P, D = "smollm2-135m", "builtin"
 HALF = dict(layers=20, hidden=432, ffn=1024, heads=9, kv_heads=3)  # 45 % of the parent's parameters
-RULES = dict(block_rule="magnitude", neuron_rule="importance", scale=["residual", "embed"])
+PAPER = dict(block_rule="magnitude", neuron_rule="importance", scale=["residual", "embed"], score="activation",
+             compensate="none")
+BEST = dict(PAPER, block_rule="search", score="activation-weight", compensate="all")  # the default preset
+RULES = PAPER
 
 
 def quiet(*args, **kwargs):
@@ -49,7 +52,7 @@ def main():
     rows.append(("Analyze, warm (disk cache hit), median of 5", median(warm, 5), 1))
 
     shapes = [(L, h, f, 9, 3) for L in (30, 24, 20, 12) for h, f in ((576, 1536), (504, 1280), (432, 1024))]
-    times = [timed(app.on_preview, P, D, *s, "magnitude", None) for s in shapes * 5]
+    times = [timed(app.on_preview, P, D, *s, rule, None) for s in shapes * 5 for rule in ("magnitude", "search")]
     rows.append((f"/preview, median of {len(times)} (max {max(times) * 1000:.0f} ms)", statistics.median(times), 0.05))
 
     app.on_design(P, D, *shapes[0], *RULES.values(), None)  # warm-up
@@ -57,8 +60,12 @@ def main():
                  median(app.on_design, 5, P, D, *HALF.values(), *RULES.values(), None), None))
     rows.append(("Build & evaluate half-size child, first (parent evaluated once)",
                  timed(app.on_build, P, D, *HALF.values(), *RULES.values(), None, progress=quiet), None))
-    rows.append(("Build & evaluate half-size child, median of 3",
+    rows.append(("Build & evaluate half-size child, paper rules, median of 3",
                  median(app.on_build, 3, P, D, *HALF.values(), *RULES.values(), None, progress=quiet), 10))
+    rows.append(("Build & evaluate half-size child, default (best): block search to 20 blocks, first time",
+                 timed(app.on_build, P, D, *HALF.values(), *BEST.values(), None, progress=quiet), 70))
+    rows.append(("Build & evaluate half-size child, default (best), search cached: fits + build, median of 3",
+                 median(app.on_build, 3, P, D, *HALF.values(), *BEST.values(), None, progress=quiet), 20))
     rows.append(("Sweep 4 depths × 4 widths = 16 shapes", timed(app.on_sweep, P, D, "30, 24, 18, 12",
                                                                 "100, 87.5, 75, 62.5", 9, 3, *RULES.values(), None,
                                                                 progress=quiet), 90))

@@ -23,6 +23,7 @@ Two methods have no package and are written here from their papers:
 from __future__ import annotations
 
 import copy
+import logging
 
 import torch
 
@@ -141,9 +142,10 @@ def short_transformers_depth(parent, tokens, keep: int) -> torch.nn.Module:
         outer = layer.forward
         layer.forward = lambda *a, _f=outer, **k: _f(*a, **k)[0]
     texts = [{"text": parent.tokenizer.decode(row)} for row in tokens.ids]
+    block = parent.shape.layers - keep
+    logging.getLogger("short-transformers").setLevel(logging.WARNING)  # its debug log writes to stdout
     result = model.analyse_layers(dataset=texts, tokenizer=parent.tokenizer, key="text", limit=len(texts),
                                   max_length=tokens.ids.shape[1])
-    block = parent.shape.layers - keep
     model = model.prune(start_layer=get_best_pruning_start(result=result, block_size=block), block_size=block)
     for j, layer in enumerate(model.model.layers):  # drop the measuring wrappers; number the layers from 0
         layer.forward = type(layer).forward.__get__(layer)

@@ -162,10 +162,8 @@ def measure(parent: Parent, tokens: data_mod.Tokens, batch_size: int = 4,
         done = 0
         for batch in tokens.batches(batch_size):
             parent.model.base_model(input_ids=batch)  # no LM head: only the blocks matter here
-            h = torch.stack([stream[i] for i in range(L + 1)])  # (L+1, b, T, d)
-            for a in range(L):
-                cos = (h[a:a + 1] * h[a + 1:]).sum(-1).clamp(-1, 1)
-                acc["angular"][a, a + 1:] += torch.arccos(cos).sum((1, 2)) / torch.pi
+            h = torch.stack([stream[i] for i in range(L + 1)], dim=2).flatten(0, 1)  # (tokens, L+1, d)
+            acc["angular"] += torch.arccos((h @ h.transpose(1, 2)).clamp(-1, 1)).sum(0) / torch.pi  # one matmul
             stream.clear()
             done += len(batch)
             if progress:

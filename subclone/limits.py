@@ -94,3 +94,18 @@ def float_arg(value, what: str, lo: float, hi: float, lo_open: bool = False) -> 
         raise SubcloneError(f"{what} must be {'above' if lo_open else 'at least'} {lo:g} and at most {hi:g}, "
                             f"got {value:g}")
     return value
+
+
+def return_large_allocations(threshold: int = 1 << 20) -> bool:
+    """Make glibc serve every allocation above `threshold` bytes with its own mapping, returned to the system when
+    freed. By default glibc raises that threshold after large frees and then keeps such blocks in per-thread arenas:
+    a long-running app whose worker threads build children, fit and evaluate (tens of MB each) then grows with every
+    round. False where the C library is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(-3, threshold))  # M_MMAP_THRESHOLD; a fixed value also ends the dynamic raising
+    except (OSError, AttributeError):
+        return False

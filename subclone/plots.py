@@ -140,10 +140,11 @@ def pareto_chart(frame, x: str = "params") -> go.Figure:
                    height=420)
 
 
-def block_strip(n_layers: int, kept: list[int] | None) -> str:
-    """One square per parent block: filled = kept, hollow = dropped. Plain HTML, no figure needed."""
+def block_strip(n_layers: int, kept: list[int] | None, pending: str | None = None) -> str:
+    """One square per parent block: filled = kept, hollow = dropped. Plain HTML, no figure needed. `pending` says
+    why there are no blocks to show yet, when the parent is analyzed."""
     if kept is None:
-        return "<p class='strip-empty'>Analyze the parent to see which blocks the child keeps.</p>"
+        return f"<p class='strip-empty'>{html.escape(pending or 'Analyze the parent to see which blocks the child keeps.')}</p>"
     cells = "".join(
         f"<span title='block {i}: {'kept' if i in kept else 'dropped'}' style='display:inline-block;width:22px;"
         f"height:22px;margin:1px;border:2px solid #3b6fb6;border-radius:3px;font:10px sans-serif;"

@@ -458,7 +458,8 @@ class Workspace:
         quality = {k: metrics[k] for k in ("perplexity", "top1_agreement", "kl_to_parent", "cosine_to_parent")
                    if k in metrics}
         s.history = [*s.history, dict(n=len(s.history) + 1, parent=design.parent, **_sizes(d.shape),
-                                      block_rule=design.block_rule, neuron_rule=design.neuron_rule,
+                                      block_rule=d.plan.block_rule, neuron_rule=d.plan.neuron_rule,
+                                      score=d.plan.score, compensate=d.plan.compensate,
                                       scale="+".join(design.scale) or "none", params=metrics["params"], **quality,
                                       ms_per_token=metrics["ms_per_token"], speedup=metrics.get("speedup"),
                                       seconds=round(time.perf_counter() - t, 1))][-KEEP_HISTORY:]

@@ -12,7 +12,7 @@ import pytest
 from .conftest import SPACE_MEMORY_MB
 
 SMALL = dict(parent="smollm2-135m", hidden=192, ffn=512, heads=3, kv_heads=1, block_rule="magnitude",
-             neuron_rule="importance", scale=["residual", "embed"])
+             neuron_rule="importance", scale=["residual", "embed"], score="activation", compensate="none")  # paper
 SPELLINGS = ["builtin", " builtin", "builtin ", "BUILTIN", "\tbuiltin", "builtin\n", "Builtin", "  builtin  "]
 
 

@@ -146,3 +146,26 @@ def test_a_two_thirds_child_is_measurably_faster(tmp_path):
     assert 0.6 < m["params"] / m["parent_params"] < 0.7
     assert m["speedup"] > 1 and m["speedup_range"][0] <= m["speedup"] <= m["speedup_range"][1]
     assert "alternately" in m["speed_measured"]
+
+
+def test_the_block_search_runs_once_at_build_and_is_kept_with_the_importance_record(ws, tiny_dir, tmp_path):
+    from subclone.importance import cache_path
+
+    design = small(tiny_dir)  # the default preset: block search, activation-weight, compensation
+    assert (design.block_rule, design.compensate) == ("search", "all")
+    parent, text = ws.parent(str(tiny_dir)), ws.text("builtin")
+    cache_path(parent, text).unlink(missing_ok=True)
+    ws.importance(parent, text, compute=True)
+    d, _, kept = ws.preview(design)
+    assert kept is None and any("runs at Build" in n for n in d.notes)  # a slider move never searches
+    built, _ = ws.build("alice", design)
+    assert built.plan.block_rule == "search" and built.plan.compensate == "all" and len(built.plan.layers) == 3
+    fresh = Workspace(ws.limits, tmp_path / "fresh")  # a new process: the removals come from the disk cache
+    d, _, kept = fresh.preview(design)
+    assert kept == built.plan.layers and not any("runs at Build" in n for n in d.notes)
+    assert fresh.importance(parent, text).removals.tolist() == ws.importance(parent, text).removals.tolist()
+
+
+def test_an_encoder_gets_the_paper_rules_where_the_best_preset_cannot_apply(ws):
+    d = ws.design(Design.of(LOCAL, "minilm-l6", "builtin", 4))
+    assert any("need a causal LM" in n for n in d.notes)

@@ -1,0 +1,37 @@
+"""The peer benchmark runs end to end (a seconds-scale smoke: one shape, subclone's two presets, one training step);
+the full run is `make bench`."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/usr/share/common-licenses").is_dir(), reason="the held-out license texts are missing")
+def test_quality_bench_smoke():
+    out = subprocess.run([sys.executable, "bench/quality.py", "--smoke"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| subclone")]
+    assert [r.split("|")[1].strip() for r in rows] == ["subclone default (best)", "subclone paper"]
+    for row in rows:  # params, zero-shot and healed perplexity are real numbers
+        cells = [c.strip().strip("*") for c in row.split("|")[2:5]]
+        assert cells[0].endswith(" M") and all(float(c.replace(",", "")) > 1 for c in cells[1:])
+    assert "default / paper: zero-shot" in out.stdout
+
+
+def test_results_are_assembled_from_every_section(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "bench"))
+    import run
+
+    monkeypatch.setattr(run, "HERE", tmp_path)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "quality.md").write_text("## Child quality against peers\n\nmeasured table\n")
+    run.assemble()
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "measured table" in text and "Machine: " in text and "torch " in text
+    assert all(title in text for title, _ in run.SECTIONS.values())
+    assert "Not run yet: `bench/app_speed.py`" in text
