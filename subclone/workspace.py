@@ -413,8 +413,7 @@ class Workspace:
         with lock:  # one search per parent and text at a time; a second caller finds it done
             if searched(imp, keep):
                 return
-            tokens = parent.tokenize(text.calibration, 256, 16, "calibration")
-            extend(parent, imp, tokens, keep, progress=progress)
+            extend(parent, imp, self.calibration(parent, text), keep, progress=progress)
             imp.save(cache_path(parent, text))
 
     def calibration(self, parent: Parent, text: Text):
