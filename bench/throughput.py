@@ -44,7 +44,7 @@ def main():
     ws = Workspace(Limits.local())
     parent = ws.parent("smollm2-135m")
     text = ws.text("builtin")
-    tokens = parent.tokenize(text.calibration, 256, 16, "calibration")
+    tokens = ws.calibration(parent, text)
     model = parent.model
 
     @torch.no_grad()

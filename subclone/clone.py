@@ -79,13 +79,12 @@ def slice_state(parent: Parent, plan: Plan, fitted: dict | None = None) -> dict[
     return out
 
 
-def build(parent: Parent, plan: Plan, calibration=None, progress=None) -> torch.nn.Module:
+def build(parent: Parent, plan: Plan, calibration=None, progress=None, fitted: dict | None = None) -> torch.nn.Module:
     """The child as a plain transformers model, in eval mode. A plan with compensation fits it first, on the
-    calibration tokens (compensate.fit: seconds, with progress)."""
+    calibration tokens (compensate.fit: seconds, with progress), unless `fitted` gives those fits already."""
     family = parent.family
     config = family.child_config(parent.config, plan.shape, plan.layers)
-    fitted = None
-    if plan.compensate != "none":
+    if fitted is None and plan.compensate != "none":
         if calibration is None:
             raise SubcloneError(f"the plan's compensation '{plan.compensate}' is fitted on calibration text: "
                                 "pass the calibration tokens")

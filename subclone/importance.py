@@ -180,6 +180,13 @@ def cache_path(parent: Parent, text: data_mod.Text, seq_len: int = 256, samples:
     return home() / "importance" / f"{key}.safetensors"
 
 
+def calibration(parent: Parent, data: data_mod.Text | str = "builtin", seq_len: int = 256,
+                samples: int = 16) -> data_mod.Tokens:
+    """The calibration windows of `data`: what importance is measured on, and what the block search and the
+    compensation fits use."""
+    return parent.tokenize(data_mod.as_text(data).calibration, seq_len, samples, "calibration")
+
+
 def analyze(parent: Parent, data: data_mod.Text | str = "builtin", seq_len: int = 256, samples: int = 16,
             cache: bool = True, progress: Progress | None = None, cached_only: bool = False) -> Importance | None:
     """Importance of a parent on the calibration split of `data`, from the disk cache when it has it.
@@ -191,7 +198,7 @@ def analyze(parent: Parent, data: data_mod.Text | str = "builtin", seq_len: int 
         return imp
     if cached_only:
         return None
-    tokens = parent.tokenize(text.calibration, seq_len, samples, "calibration")
+    tokens = calibration(parent, text, seq_len, samples)
 
     t = time.perf_counter()
     imp = measure(parent, tokens, progress=progress)

@@ -240,9 +240,9 @@ def compare_inits(parent, importance, shape, inits, config: TrainConfig, data: s
     train_tokens, eval_tokens = text_tokens(parent, data, config.seq_len)
     calibration = None
     if plan_options.get("compensate", "none") != "none":
-        from .data import as_text
+        from .importance import calibration as calibration_windows
 
-        calibration = parent.tokenize(as_text(data).calibration, 256, 16, "calibration")
+        calibration = calibration_windows(parent, data)
     out = {}
     for init in inits:
         child, plan = init_child(parent, importance, shape, init, seed=config.seed, calibration=calibration,

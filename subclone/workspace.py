@@ -30,10 +30,10 @@ from .clone import build
 from .data import TEXT_SUFFIXES, Text, load, read_file
 from .errors import SubcloneError, shown
 from .evaluate import Reference, evaluate, generate, held_out, reference, similarities
-from .importance import Importance, analyze, drop_one
+from .importance import Importance, analyze, calibration, drop_one
 from .limits import Limits, float_arg, int_arg, text_arg
 from .parents import BUILTIN, DEFAULT_PARENT, Parent, load_parent
-from .compensate import COMPENSATE
+from .compensate import COMPENSATE, fit
 from .importance import cache_path
 from .plan import (NEURON_RULES, PRESETS, SCALE_GROUPS, SCORES, Plan, check_block_rule, choose_layers, describe,
                    make_plan, snap_shape)
@@ -173,6 +173,8 @@ def _nbytes(obj) -> int:
     if isinstance(obj, Reference):
         tensors = [*(obj.logp or []), *(obj.top1 or []), *([obj.pooled] if obj.pooled is not None else [])]
         return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+    if isinstance(obj, dict):  # compensation fits: {key: tensor}
+        return sum(t.numel() * t.element_size() for t in obj.values() if isinstance(t, torch.Tensor))
     if isinstance(obj, Session):  # the children it holds (the current one is often also a trained one)
         models = [s.built[1]] if (s := obj).built else []
         models += [h[0] for h in s.healed.values()]
@@ -418,12 +420,19 @@ class Workspace:
 
     def calibration(self, parent: Parent, text: Text):
         """The calibration windows (the ones importance was measured on), for the fits of a compensated plan."""
-        return parent.tokenize(text.calibration, 256, 16, "calibration")
+        return calibration(parent, text)
 
     def child(self, d: "Designed", progress: Progress | None = None):
-        """Build the designed child: its plan's fits (if any) run on the calibration windows."""
-        return build(d.parent, d.plan, self.calibration(d.parent, d.text) if d.plan.compensate != "none" else None,
-                     progress=progress)
+        """Build the designed child. Its plan's fits (if any) run on the calibration windows once per parent, text
+        and kept structure, and are kept with the parents (bounded), so a rebuild or an export does not refit."""
+        fitted = None
+        if d.plan.compensate != "none":
+            p = d.plan
+            key = ("fits", d.parent.fingerprint, d.text.digest, p.compensate, tuple(p.layers),
+                   tuple(map(tuple, p.ffn)), tuple(map(tuple, p.heads)))
+            fitted = self._once(key, lambda: fit(d.parent, p, self.calibration(d.parent, d.text), p.compensate,
+                                                 progress), heavy=True)
+        return build(d.parent, d.plan, progress=progress, fitted=fitted)
 
     def preview(self, design: Design, session: Session | None = None) -> tuple[Designed, dict, list[int] | None]:
         """Sizes of the designed child (instant: nothing is built) and the blocks it keeps, when analyzed."""

@@ -169,3 +169,21 @@ def test_the_block_search_runs_once_at_build_and_is_kept_with_the_importance_rec
 def test_an_encoder_gets_the_paper_rules_where_the_best_preset_cannot_apply(ws):
     d = ws.design(Design.of(LOCAL, "minilm-l6", "builtin", 4))
     assert any("need a causal LM" in n for n in d.notes)
+
+
+def test_the_fits_run_once_per_kept_structure(ws, tiny_dir, monkeypatch):
+    """A rebuild or an export of the same design reuses the compensation fits; another shape fits again."""
+    import subclone.workspace as workspace
+
+    calls = []
+    real = workspace.fit
+    monkeypatch.setattr(workspace, "fit", lambda *a, **k: calls.append(a[1].shape) or real(*a, **k))
+    design = small(tiny_dir)
+    first, _ = ws.build("alice", design)
+    ws.build("alice", design)
+    ws.export("alice", design)
+    assert len(calls) == 1
+    ws.build("alice", dataclasses.replace(design, ffn=16))
+    assert len(calls) == 2
+    ws.child(first)  # the first shape's fits are still kept
+    assert len(calls) == 2
