@@ -26,7 +26,7 @@ from subclone.parents import BUILTIN, DEFAULT_PARENT
 from subclone.compensate import COMPENSATE
 from subclone.plan import (BLOCK_RULE_HELP, DEFAULT_SCALE, NEURON_RULES, PRESETS, SCALE_GROUPS, SCORES,
                            can_merge)
-from subclone.train import INITS
+from subclone.train import INITS, verdict
 from subclone.workspace import Design, Workspace
 
 transformers.utils.logging.set_verbosity_error()
@@ -273,34 +273,49 @@ def _card_preview(card: str) -> str:
 
 # ---- heal (recovery training) -------------------------------------------------------------------
 
+def _pace(p: dict) -> str:
+    eta = "estimating the time left…" if p["eta"] is None else f"about {_duration(p['eta'])} left"
+    return f"step {p['steps']} of {p['total']} (all initializations) · {_duration(p['seconds'])} · {eta}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
 @adapter
 def on_heal(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale, score, compensate,
-            steps, inits,
-            distill, request: gr.Request):
-    """Train the designed child from each chosen init, streaming the loss curves; Stop ends it early."""
+            steps, inits, distill, request: gr.Request):
+    """Train the designed child from each chosen init, one step of each in turn, streaming the loss curves into a
+    frame as wide as the run; Stop ends every run at the same step."""
     design = _design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale,
                      score, compensate)
     histories = {i: [] for i in inits or []}
-    yield plots.curves(histories), "preparing the training text…", gr.skip()
-    status = "preparing the training text…"
+    total = int(steps) if isinstance(steps, (int, float)) and steps == steps and 0 < steps < 10**9 else None
+    yield plots.curves(histories, total), "building the children and evaluating them before training…", gr.skip()
+    status, pace = "building the children and evaluating them before training…", ""
     with contextlib.closing(WS.heal(_sid(request), design, steps, inits, distill)) as events:
         for kind, init, payload in events:
             if kind == "tick":
-                yield gr.skip(), f"{status} · {payload} s", gr.skip()
+                pace = _pace(payload) if payload["steps"] else f"{_duration(payload['seconds'])}"
+                yield gr.skip(), f"{status}  \n{pace}", gr.skip()
                 continue
             if kind == "eval":
                 histories[init].append(payload)
-                status = (f"training **{init}**: step {payload['step']} of {int(steps)}, held-out loss "
-                          f"{payload['eval_loss']}")
-                yield plots.curves(histories), status, gr.skip()
+                status = f"held-out loss of **{init}** at step {payload['step']}: {payload['eval_loss']:.3f}"
+                yield plots.curves(histories, total), f"{status}  \n{pace}", gr.skip()
                 continue
             healed = payload
-            rows = [dict(init=i, steps=result["steps"], lr=result["lr"], held_out_loss=result["eval_loss"],
-                         perplexity=r["perplexity"], parent_perplexity=r["parent_perplexity"],
-                         top1_agreement=r["top1_agreement"], kl_to_parent=r["kl_to_parent"],
-                         seconds=result["seconds"]) for i, (_, _, result, r, _) in healed.items()]
-            done = "stopped early" if any(h[2]["stopped"] for h in healed.values()) else "done"
-            yield (plots.curves(histories), f"{done}. Best: **{init}**; *Generate with both* in Evaluate now uses it.",
+            results = {i: result for i, (_, _, result, _, _) in healed.items()}
+            rows = [{"initialization": i, "steps": result["steps"],
+                     "held-out perplexity ↓": f"{r['perplexity']:,.1f}",
+                     "× parent ↓": f"{r['perplexity'] / r['parent_perplexity']:,.2f}",
+                     "top-1 agreement with parent ↑": f"{r['top1_agreement']:.1%}",
+                     "learning rate": f"{result['lr']:g}", "training seconds": f"{result['seconds']:,.0f}"}
+                    for i, (_, _, result, r, _) in healed.items()]
+            done = "Stopped early" if any(r["stopped"] for r in results.values()) else "Done"
+            yield (plots.curves(histories, total),
+                   f"{done}: {verdict(results)}. *Generate with both* in Evaluate now uses **{init}**.",
                    pd.DataFrame(rows))
 
 
@@ -416,12 +431,14 @@ with gr.Blocks(title="subclone") as demo:
             sweep_table = gr.Dataframe(label="sweep", interactive=False)
             sweep_csv = gr.File(label="CSV")
         with gr.Tab("6 · Heal", id="heal"):
-            gr.Markdown("Train the child designed in **Design** for a few steps, from each initialization on equal "
-                        "terms (same text, batches, schedule, seed). Defaults follow the paper: lr 1e-4 for inherited "
-                        "weights, 1e-3 for random init. About 5 s per step for a SmolLM2 child on 2 CPU cores; for "
-                        "real runs use the command line under `torchrun` (see the README).")
+            gr.Markdown("Train the child designed in **Design** for a few steps from each initialization on equal "
+                        "terms (same text, batches, schedule, seed), one step of each in turn: **Stop** keeps a curve "
+                        "for every one. Defaults follow the paper: lr 1e-4 for inherited weights, 1e-3 for random "
+                        "init. A SmolLM2 child takes a few seconds per step on 2 CPU cores, so 12 steps of two "
+                        "initializations fit in a class; for real runs use the command line under `torchrun` (see "
+                        "the README).")
             with gr.Row():
-                steps = gr.Number(40, label="steps", precision=0, minimum=1)
+                steps = gr.Number(12, label="steps (each initialization)", precision=0, minimum=1)
                 inits = gr.CheckboxGroup(list(INITS), value=["subclone", "random"], label="initializations")
                 distill = gr.Slider(0, 2, value=0, step=0.1, label="distillation weight (KL to the parent)")
             with gr.Row():

@@ -158,8 +158,9 @@ def block_strip(n_layers: int, kept: list[int] | None, pending: str | None = Non
 INIT_COLORS = {"subclone": "#3b6fb6", "uniform": "#e08a1e", "random": "#7f7f7f"}
 
 
-def curves(histories: dict[str, list[dict]]) -> go.Figure:
-    """Train and held-out loss against step, one colour per initialization."""
+def curves(histories: dict[str, list[dict]], steps: int | None = None) -> go.Figure:
+    """Train and held-out loss against step, one colour per initialization; the x-axis spans the whole run
+    (`steps`) from the start, so the curves grow into a fixed frame."""
     fig = go.Figure()
     for init, history in histories.items():
         color = INIT_COLORS.get(init)
@@ -169,4 +170,7 @@ def curves(histories: dict[str, list[dict]]) -> go.Figure:
                                  mode="lines+markers", line=dict(color=color)))
         fig.add_trace(go.Scatter(x=[h["step"] for h in trains], y=[h["train_loss"] for h in trains], name=f"{init} train",
                                  mode="lines", line=dict(color=color, dash="dot")))
-    return _layout(fig, "Recovery training", "step", "loss (nats / token)", height=420)
+    fig = _layout(fig, "Recovery training", "step", "loss (nats / token)", height=420)
+    if steps:
+        fig.update_xaxes(range=[0, steps])
+    return fig

@@ -118,85 +118,140 @@ def digest(model) -> str:
     return h.hexdigest()[:16]
 
 
-def train(model, train_tokens: Tokens, eval_tokens: Tokens, config: TrainConfig, init: str = "subclone",
-          teacher=None, on_eval: Callable[[dict], None] | None = None,
-          should_stop: Callable[[], bool] | None = None) -> tuple[torch.nn.Module, dict]:
-    """Train in place; returns (the unwrapped model, a result with the history and a per-process check)."""
-    from accelerate import Accelerator
-    from accelerate.utils import gather_object, set_seed
-    from transformers import get_cosine_schedule_with_warmup
+class Run:
+    """One training run that advances one optimizer step at a time, so several initializations can take turns
+    (`compare_inits`) and a stop leaves each with a curve up to the same step."""
 
-    config.check()
-    if config.distill > 0 and teacher is None:
-        raise SubcloneError("distillation needs the parent as teacher")
-    lr = config.lr if config.lr is not None else DEFAULT_LR[init]
-    wd = config.weight_decay if config.weight_decay is not None else DEFAULT_WEIGHT_DECAY[init]
-    every = config.eval_every or max(1, config.steps // 10)
+    def __init__(self, model, train_tokens: Tokens, eval_tokens: Tokens, config: TrainConfig, init: str = "subclone",
+                 teacher=None, on_eval: Callable[[dict], None] | None = None):
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+        from transformers import get_cosine_schedule_with_warmup
 
-    acc = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
-    set_seed(config.seed)
-    data = torch.utils.data.TensorDataset(train_tokens.ids)
-    if len(data) < config.batch_size * acc.num_processes:
-        raise SubcloneError(f"the training text has {len(data)} sequences of {train_tokens.ids.shape[1]} tokens, fewer "
-                            f"than one batch ({config.batch_size} × {acc.num_processes} processes); give more text or "
-                            "a smaller batch")
-    loader = torch.utils.data.DataLoader(data, batch_size=config.batch_size, shuffle=True, drop_last=True,
-                                         generator=torch.Generator().manual_seed(config.seed))
-    model.train()
-    optimizer = torch.optim.AdamW(_param_groups(model, wd), lr=lr, betas=(0.9, 0.95))
-    # The schedule counts optimizer steps; it is not handed to accelerate, which would step it once per process.
-    schedule = get_cosine_schedule_with_warmup(optimizer, int(config.warmup * config.steps), config.steps)
-    model, optimizer, loader = acc.prepare(model, optimizer, loader)
-    if teacher is not None:
-        teacher = teacher.to(acc.device).eval()
+        config.check()
+        if config.distill > 0 and teacher is None:
+            raise SubcloneError("distillation needs the parent as teacher")
+        self.config, self.init, self.on_eval = config, init, on_eval
+        self.lr = config.lr if config.lr is not None else DEFAULT_LR[init]
+        self.wd = config.weight_decay if config.weight_decay is not None else DEFAULT_WEIGHT_DECAY[init]
+        self.every = config.eval_every or max(1, config.steps // 10)
+        self.eval_tokens = eval_tokens
 
-    def evaluate_now():
-        return eval_loss(acc.unwrap_model(model), eval_tokens, config.batch_size, config.eval_batches, acc.device)
+        acc = self.acc = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
+        set_seed(config.seed)
+        data = torch.utils.data.TensorDataset(train_tokens.ids)
+        if len(data) < config.batch_size * acc.num_processes:
+            raise SubcloneError(f"the training text has {len(data)} sequences of {train_tokens.ids.shape[1]} tokens, "
+                                f"fewer than one batch ({config.batch_size} × {acc.num_processes} processes); give "
+                                "more text or a smaller batch")
+        loader = torch.utils.data.DataLoader(data, batch_size=config.batch_size, shuffle=True, drop_last=True,
+                                             generator=torch.Generator().manual_seed(config.seed))
+        model.train()
+        optimizer = torch.optim.AdamW(_param_groups(model, self.wd), lr=self.lr, betas=(0.9, 0.95))
+        # The schedule counts optimizer steps; it is not handed to accelerate, which would step it once per process.
+        self.schedule = get_cosine_schedule_with_warmup(optimizer, int(config.warmup * config.steps), config.steps)
+        self.model, self.optimizer, loader = acc.prepare(model, optimizer, loader)
+        self.teacher = teacher.to(acc.device).eval() if teacher is not None else None
+        self.batches = (b for _ in itertools.count() for (b,) in loader)  # epochs, reshuffled, as long as needed
+        self.step, self.seen, self.seconds, self.stopped, self.running = 0, 0, 0.0, False, []
+        self.history = []
+        self._record(train_loss=None)
 
-    history = [dict(step=0, train_loss=None, eval_loss=round(evaluate_now(), 4), lr=0.0)]
-    if on_eval:
-        on_eval(history[-1])
-    batches = (b for _ in itertools.count() for (b,) in loader)  # epochs, reshuffled, as long as needed
-    t0, running, seen, step, stopped = time.perf_counter(), [], 0, 0, False
-    for step in range(1, config.steps + 1):
-        batch = next(batches)
+    @property
+    def done(self) -> bool:
+        return self.stopped or self.step >= self.config.steps
+
+    def _record(self, train_loss) -> None:
+        model = self.acc.unwrap_model(self.model)
+        loss = eval_loss(model, self.eval_tokens, self.config.batch_size, self.config.eval_batches, self.acc.device)
+        self.history.append(dict(step=self.step, train_loss=train_loss, eval_loss=round(loss, 4),
+                                 lr=self.schedule.get_last_lr()[0] if self.step else 0.0))
+        if self.on_eval:
+            self.on_eval(self.history[-1])
+
+    def _flush(self) -> None:
+        """A held-out evaluation at the current step, with the mean training loss since the last one."""
+        train_loss = self.acc.reduce(torch.stack(self.running).mean(), "mean").item()
+        self.running = []
+        self._record(round(train_loss, 4))
+
+    def advance(self) -> None:
+        """One optimizer step; a held-out evaluation every `eval_every` steps and at the last."""
+        config, model, acc = self.config, self.model, self.acc
+        t = time.perf_counter()
+        batch = next(self.batches)
         with acc.autocast():
             out = model(input_ids=batch, labels=batch)
             loss = out.loss
             if config.distill > 0:
                 with torch.no_grad():
-                    target = teacher(input_ids=batch).logits.float().log_softmax(-1)
+                    target = self.teacher(input_ids=batch).logits.float().log_softmax(-1)
                 student = out.logits.float().log_softmax(-1)
                 kl = nnf.kl_div(student.flatten(0, 1), target.flatten(0, 1), log_target=True, reduction="batchmean")
                 loss = loss + config.distill * kl
         acc.backward(loss)
         acc.clip_grad_norm_(model.parameters(), config.clip)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        running.append(loss.detach())
-        seen += batch.numel()
-        stopped = bool(should_stop and should_stop())
-        if step % every == 0 or step == config.steps or stopped:
-            train_loss = acc.reduce(torch.stack(running).mean(), "mean").item()
-            running = []
-            history.append(dict(step=step, train_loss=round(train_loss, 4), eval_loss=round(evaluate_now(), 4),
-                                lr=schedule.get_last_lr()[0]))
-            if on_eval:
-                on_eval(history[-1])
-        if stopped:
-            break
+        self.optimizer.step()
+        self.schedule.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.running.append(loss.detach())
+        self.seen += batch.numel()
+        self.step += 1
+        if self.step % self.every == 0 or self.step == config.steps:
+            self._flush()
+        self.seconds += time.perf_counter() - t
 
-    acc.wait_for_everyone()
-    model = acc.unwrap_model(model).eval()
-    ranks = gather_object([dict(rank=acc.process_index, steps=step, tokens=seen, digest=digest(model))])
-    final = history[-1]["eval_loss"]
-    result = dict(init=init, steps=step, stopped=stopped, eval_loss=final, eval_perplexity=round(math.exp(final), 3),
-                  history=history, lr=lr, weight_decay=wd, world_size=acc.num_processes,
-                  tokens_per_process=seen, seconds=round(time.perf_counter() - t0, 2),
-                  in_sync=len({r["digest"] for r in ranks}) == 1, ranks=ranks,
-                  config={k: v for k, v in asdict(config).items() if k not in ("lr", "weight_decay")})
-    return model, result
+    def stop(self) -> None:
+        """End early, with a held-out evaluation at the step reached (once)."""
+        if not self.done:
+            if self.running:
+                self._flush()
+            self.stopped = True
+
+    def finish(self) -> tuple[torch.nn.Module, dict]:
+        """(the unwrapped model in eval mode, the result: history, settings and a per-process check)."""
+        from accelerate.utils import gather_object
+
+        self.acc.wait_for_everyone()
+        model = self.acc.unwrap_model(self.model).eval()
+        self.optimizer = self.batches = None  # the optimizer's state is the largest thing a run holds
+        ranks = gather_object([dict(rank=self.acc.process_index, steps=self.step, tokens=self.seen,
+                                    digest=digest(model))])
+        final = self.history[-1]["eval_loss"]
+        config = self.config
+        result = dict(init=self.init, steps=self.step, stopped=self.stopped, eval_loss=final,
+                      eval_perplexity=round(math.exp(final), 3), history=self.history, lr=self.lr,
+                      weight_decay=self.wd, world_size=self.acc.num_processes, tokens_per_process=self.seen,
+                      seconds=round(self.seconds, 2), in_sync=len({r["digest"] for r in ranks}) == 1, ranks=ranks,
+                      config={k: v for k, v in asdict(config).items() if k not in ("lr", "weight_decay")})
+        return model, result
+
+
+def train(model, train_tokens: Tokens, eval_tokens: Tokens, config: TrainConfig, init: str = "subclone",
+          teacher=None, on_eval: Callable[[dict], None] | None = None,
+          should_stop: Callable[[], bool] | None = None) -> tuple[torch.nn.Module, dict]:
+    """Train in place; returns (the unwrapped model, a result with the history and a per-process check)."""
+    run = Run(model, train_tokens, eval_tokens, config, init, teacher, on_eval)
+    while not run.done:
+        run.advance()
+        if should_stop and should_stop():
+            run.stop()
+    return run.finish()
+
+
+def verdict(results: dict[str, dict]) -> str:
+    """One line on which initialization trained best, said only when the runs can be compared: two or more,
+    trained for the same number of steps."""
+    if len(results) < 2:
+        return f"only {', '.join(results) or 'nothing'} was trained: choose two initializations to compare them"
+    steps = {r["steps"] for r in results.values()}
+    if len(steps) > 1:
+        done = ", ".join(f"{i} {r['steps']}" for i, r in results.items())
+        return f"not comparable: the runs trained for different numbers of steps ({done})"
+    ranked = sorted(results, key=lambda i: results[i]["eval_loss"])
+    others = ", ".join(f"{i} {results[i]['eval_perplexity']:,.1f}" for i in ranked[1:])
+    return (f"after {steps.pop()} steps each, **{ranked[0]}** has the lowest held-out perplexity "
+            f"({results[ranked[0]]['eval_perplexity']:,.1f}; {others}; lower is better)")
 
 
 def is_main_process() -> bool:
@@ -227,11 +282,14 @@ def text_tokens(parent, data, seq_len: int, eval_sequences: int = 32) -> tuple[T
 
 def compare_inits(parent, importance, shape, inits, config: TrainConfig, data: str = "builtin",
                   steps: dict | None = None, on_eval: Callable[[str, dict], None] | None = None,
-                  should_stop: Callable[[], bool] | None = None, **plan_options) -> dict:
-    """Train each init of one child shape on equal terms: the same text, batches, schedule and seed.
+                  should_stop: Callable[[], bool] | None = None, on_step: Callable[[str, int], None] | None = None,
+                  **plan_options) -> dict:
+    """Train each init of one child shape on equal terms: the same text, batches, schedule and seed, one step of
+    each in turn (so their curves grow together and can be compared at any moment).
 
     steps may give some inits a different number of steps (the paper's comparison: random gets 4×).
-    Returns {init: (model, plan, result)}; stops early, keeping what finished, when should_stop says so."""
+    Returns {init: (model, plan, result)}. When should_stop says so, every run stops after the current round,
+    evaluated at the step it reached: a curve for every init."""
     for init in inits:
         _check_init(init)
     if not inits:
@@ -243,15 +301,25 @@ def compare_inits(parent, importance, shape, inits, config: TrainConfig, data: s
         from .importance import calibration as calibration_windows
 
         calibration = calibration_windows(parent, data)
-    out = {}
+    runs = {}
     for init in inits:
         child, plan = init_child(parent, importance, shape, init, seed=config.seed, calibration=calibration,
                                  **plan_options)
         run = replace(config, steps=(steps or {}).get(init, config.steps))
-        child, result = train(child, train_tokens, eval_tokens, run, init=init,
-                              teacher=parent.model if run.distill > 0 else None,
-                              on_eval=(lambda r, i=init: on_eval(i, r)) if on_eval else None, should_stop=should_stop)
-        out[init] = (child, plan, result)
-        if result["stopped"]:
-            break
+        runs[init] = (Run(child, train_tokens, eval_tokens, run, init=init,
+                          teacher=parent.model if run.distill > 0 else None,
+                          on_eval=(lambda r, i=init: on_eval(i, r)) if on_eval else None), plan)
+    while not all(r.done for r, _ in runs.values()):
+        for init, (r, _) in runs.items():  # one step each, in turn: a stop finds every init at the same step
+            if not r.done:
+                r.advance()
+                if on_step:
+                    on_step(init, r.step)
+        if should_stop and should_stop():
+            for r, _ in runs.values():
+                r.stop()
+    out = {}
+    for init, (r, plan) in runs.items():
+        model, result = r.finish()
+        out[init] = (model, plan, result)
     return out

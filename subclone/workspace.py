@@ -130,6 +130,29 @@ class Job:
 
 
 @dataclass
+class Pace:
+    """Training steps done out of the total, and the time left at the rate of the steps timed so far (from the end
+    of the first step: building the children and the first evaluations are not a step's cost)."""
+
+    total: int
+    started: float = field(default_factory=time.monotonic)
+    done: int = 0
+    first: float | None = None
+    last: float | None = None
+
+    def step(self, *_) -> None:
+        self.last = time.monotonic()
+        self.first = self.first or self.last
+        self.done += 1
+
+    def view(self) -> dict:
+        eta = None
+        if self.done >= 2:
+            eta = round((self.last - self.first) / (self.done - 1) * (self.total - self.done))
+        return dict(seconds=round(time.monotonic() - self.started), steps=self.done, total=self.total, eta=eta)
+
+
+@dataclass
 class Session:
     id: str
     folder: Path  # this session's exports and CSVs, deleted with it
@@ -567,21 +590,23 @@ class Workspace:
         return config
 
     def heal(self, session_id: str | None, design: Design, steps, inits, distill=0.0) -> Iterator[tuple]:
-        """Train the designed child from each init on equal terms. Yields ("eval", init, record) as held-out
-        losses arrive, ("tick", None, seconds) every second in between, then ("done", best init, children). Ends, and stops its training thread, on every way out:
-        finished, stopped, the session ended, the consumer closed the generator, or an error."""
+        """Train the designed child from each init on equal terms, one step of each in turn. Yields ("eval", init,
+        record) as held-out losses arrive, ("tick", None, Pace.view()) every second in between, then ("done", best
+        init, children). Ends, and stops its training thread, on every way out: finished, stopped, the session
+        ended, the consumer closed the generator, or an error."""
         s = self.session(session_id)
         inits = [inits] if isinstance(inits, str) else list(inits or [])
         if not inits or any(i not in INITS for i in inits):
             raise SubcloneError(f"choose initializations among {', '.join(INITS)}")
         d = self.design(design, s, compute=True)
         config = self.train_config(d.parent, steps, distill)
-        records, box = queue.Queue(), {}
+        records, box, pace = queue.Queue(), {}, Pace(config.steps * len(inits))
         with s.job("training") as job:
             def work():
                 try:
                     box["runs"] = compare_inits(d.parent, d.importance, d.shape, inits, config, d.text,
                                                 on_eval=lambda i, r: records.put((i, r)), should_stop=job.stop.is_set,
+                                                on_step=pace.step,
                                                 block_rule=d.plan.block_rule, neuron_rule=d.plan.neuron_rule,
                                                 scale=d.plan.scale, score=d.plan.score, compensate=d.plan.compensate)
                 except BaseException as e:  # handed to the consumer below
@@ -591,13 +616,12 @@ class Workspace:
 
             worker = threading.Thread(target=work, daemon=True, name=f"heal-{s.id[:8]}")
             worker.start()
-            started = time.monotonic()
             try:
                 while True:
                     try:
                         item = records.get(timeout=1.0)
                     except queue.Empty:  # a tick each second: a consumer that cancels gets control back
-                        yield ("tick", None, round(time.monotonic() - started))
+                        yield ("tick", None, pace.view())
                         continue
                     if item is None:
                         break

@@ -187,3 +187,36 @@ def test_the_fits_run_once_per_kept_structure(ws, tiny_dir, monkeypatch):
     assert len(calls) == 2
     ws.child(first)  # the first shape's fits are still kept
     assert len(calls) == 2
+
+
+def test_heal_stopped_early_keeps_a_curve_for_every_initialization(ws, tiny_dir):
+    """The inits take turns step by step: stopped at any moment, each has trained to the same step, with a held-out
+    evaluation there, and the verdict compares them; the pace says how far the run is."""
+    from subclone.train import verdict
+
+    events = ws.heal("fay", small(tiny_dir), steps=10_000, inits=["subclone", "uniform", "random"])
+    paces = []
+    for kind, init, payload in events:
+        paces += [payload] if kind == "tick" else []
+        if paces and paces[-1]["steps"] >= 4:
+            ws.stop("fay")
+            break
+    kind, best, healed = list(events)[-1]
+    assert kind == "done" and set(healed) == {"subclone", "uniform", "random"}
+    steps = {i: h[2]["steps"] for i, h in healed.items()}
+    assert len(set(steps.values())) == 1 and 0 < steps["random"] < 10_000
+    for init, h in healed.items():
+        history = h[2]["history"]
+        assert history[0]["step"] == 0 and history[-1]["step"] == steps[init] and h[2]["stopped"]
+    assert paces[-1]["total"] == 30_000 and paces[-1]["steps"] >= 1
+    assert f"after {steps['random']} steps each, **{best}**" in verdict({i: h[2] for i, h in healed.items()})
+
+
+def test_the_verdict_is_given_only_for_comparable_runs():
+    from subclone.train import verdict
+
+    one = dict(steps=5, eval_loss=3.0, eval_perplexity=20.1)
+    assert verdict({"subclone": one}).startswith("only subclone was trained")
+    assert verdict({"subclone": one, "random": dict(one, steps=4)}).startswith("not comparable")
+    text = verdict({"subclone": dict(one, eval_loss=4.0, eval_perplexity=54.6), "random": one})
+    assert "**random** has the lowest" in text and "subclone 54.6" in text
