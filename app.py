@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import math
 import os
 import sys
 import traceback
@@ -19,7 +20,7 @@ import pandas as pd
 import transformers
 from gradio.utils import get_upload_folder
 
-from subclone import SubcloneError, plots
+from subclone import SubcloneError, lessons, plots
 from subclone.limits import return_large_allocations
 from subclone.limits import Limits
 from subclone.parents import BUILTIN, DEFAULT_PARENT
@@ -172,7 +173,7 @@ def on_preview(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, r
         d, size, kept = WS.preview(_design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule),
                                    WS.session(_sid(request)))
     except SubcloneError as e:
-        return f"⚠️ {e}", plots.block_strip(0, None)
+        return f"⚠️ {e}", plots.block_strip(0, None, "No blocks to show until the design above is fixed.")
     shape = d.shape
     lines = [f"**{_human(size['params'])} params** ({size['percent_of_parent']}% of parent) · "
              f"{size['flops_per_token'] / 1e6:.1f} MFLOPs/token · expected speed-up ×{size['expected_speedup']}",
@@ -184,9 +185,16 @@ def on_preview(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, r
     return "  \n".join(lines), plots.block_strip(d.parent.shape.layers, kept, pending)
 
 
+FIGURE_TABS = {"anatomy": range(5), "design": range(5, 7)}  # positions of each tab's figures in on_design's outputs
+
+
 def on_design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale, score, compensate,
-              request: gr.Request):
-    """Redraw the anatomy with what the current child drops greyed out (a separate event: figures are heavier)."""
+              tab, request: gr.Request):
+    """Redraw the figures of the visible tab (Anatomy or Design) with what the current child drops greyed out; the
+    other tab's figures are drawn when it opens, at their real size, and nothing is sent for tabs nobody sees."""
+    shown = FIGURE_TABS.get(tab, ())
+    if not shown:
+        return [gr.skip()] * 7
     try:
         d = WS.design(_design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale,
                               score, compensate),
@@ -194,11 +202,25 @@ def on_design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, ne
     except SubcloneError:
         return [gr.skip()] * 7  # the readout already says what is wrong
     if d.importance is None:
-        return [gr.skip()] * 7
+        empty = plots.placeholder("Analyze the parent first (tab 1 · Parent & data)")
+        return [empty if i in shown else gr.skip() for i in range(7)]
     imp, plan = d.importance, d.plan  # no plan yet while the block search waits for Build: nothing greyed out
-    residual, heads = plots.residual_map(imp, plan), plots.heads_map(imp, plan)  # shown in Anatomy and Design
-    return (residual, plots.consistency_map(imp), heads, plots.ffn_map(imp, plan),
-            plots.blocks_chart(imp, WS.drop_scores(d.parent, d.text), plan, d.parent.family.kind), heads, residual)
+    draw = [lambda: plots.residual_map(imp, plan, top=64), lambda: plots.consistency_map(imp),
+            lambda: plots.heads_map(imp, plan), lambda: plots.ffn_map(imp, plan),
+            lambda: plots.blocks_chart(imp, WS.drop_scores(d.parent, d.text), plan, d.parent.family.kind),
+            lambda: plots.heads_map(imp, plan), lambda: plots.residual_map(imp, plan)]
+    return [draw[i]() if i in shown else gr.skip() for i in range(7)]
+
+
+def on_snap(parent, data, layers, hidden, ffn, heads, kv_heads, request: gr.Request):
+    """On release, a slider that asked for a size the architecture cannot have moves to the size that is built."""
+    try:
+        d = WS.design(_design(parent, data, layers, hidden, ffn, heads, kv_heads), WS.session(_sid(request)),
+                      plan=False)
+    except SubcloneError:
+        return [gr.skip()] * 5
+    snapped = [d.shape.layers, d.shape.hidden, d.shape.ffn, d.shape.heads, d.shape.kv_heads]
+    return [gr.skip() if v == asked else v for v, asked in zip(snapped, (layers, hidden, ffn, heads, kv_heads))]
 
 
 @adapter
@@ -212,18 +234,72 @@ def on_drop_one(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, 
 
 # ---- 4. evaluate ---------------------------------------------------------------------------------
 
+# (metrics key, plain name, better when "lower" or "higher", format)
+MEASURES = [("params", "parameters", None, "{:,}"), ("size_mb", "size (MB)", None, "{:,.0f}"),
+            ("perplexity", "held-out perplexity", "lower", "{:,.1f}"),
+            ("top1_agreement", "next token agrees with the parent", "higher", "{:.1%}"),
+            ("kl_to_parent", "divergence from the parent (KL, nats/token)", "lower", "{:.3f}"),
+            ("cosine_to_parent", "embedding cosine to the parent", "higher", "{:.3f}"),
+            ("ms_per_token", "ms per generated token", "lower", "{:,.1f}")]
+ARROW = {"lower": " ↓", "higher": " ↑", None: ""}
+
+
+def results_table(r: dict) -> pd.DataFrame:
+    """Parent against child in plain words: formatted numbers, the child as a multiple of the parent, an arrow for
+    which way is better."""
+    rows = []
+    for key, name, better, fmt in MEASURES:
+        if key not in r:
+            continue
+        parent = r.get(f"parent_{key}")
+        times = f"× {r[key] / parent:,.2f}" if parent else ""
+        rows.append({"measure": name + ARROW[better], "parent": fmt.format(parent) if parent is not None else "",
+                     "child": fmt.format(r[key]), "child ÷ parent": times})
+    if "speedup" in r:
+        low, high = r.get("speedup_range", [r["speedup"]] * 2)
+        rows.append({"measure": "speed-up, timed side by side ↑", "parent": "× 1", "child": f"× {r['speedup']:.2f}",
+                     "child ÷ parent": f"{low:.2f}–{high:.2f} over the repeats"})
+    return pd.DataFrame(rows)
+
+
+def build_verdict_text(r: dict) -> str:
+    """One line a learner can read out: how much smaller, how much faster (measured, with its spread), how much
+    worse, and what to expect before training."""
+    parts = [f"The child has **{r['params'] / r['parent_params']:.0%}** of the parent's parameters"]
+    if "speedup" in r:
+        low, high = r.get("speedup_range", [r["speedup"]] * 2)
+        parts.append(f"generates **×{r['speedup']:.2f}** as fast (×{low:.2f}–{high:.2f}; {r.get('speed_measured', '')})")
+    if "perplexity" in r:
+        parts.append(f"and its held-out perplexity is **×{r['perplexity'] / r['parent_perplexity']:,.1f}** the "
+                     "parent's (lower is better). Before any training a cut child often repeats itself: *Heal* "
+                     "recovers most of it in a few steps")
+    elif "cosine_to_parent" in r:
+        parts.append(f"and its sentence embeddings have cosine **{r['cosine_to_parent']:.3f}** to the parent's "
+                     "(1 = the same)")
+    return ", ".join(parts) + "."
+
+
 @adapter
 def on_build(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale, score, compensate,
              request: gr.Request, progress=gr.Progress()):
     design = _design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale,
                      score, compensate)
-    d, r = WS.build(_sid(request), design, progress=_gradio_progress(progress))
-    keys = ["params", "size_mb", "perplexity", "ms_per_token"] if d.parent.family.kind == "causal-lm" else \
-        ["params", "size_mb", "ms_per_token"]
-    rows = [dict(metric=k, parent=r.get(f"parent_{k}"), child=r[k]) for k in keys]
-    rows += [dict(metric=k, parent=None, child=r[k]) for k in
-             ("top1_agreement", "kl_to_parent", "cosine_to_parent", "speedup") if k in r]
-    return pd.DataFrame(rows), pd.DataFrame(WS.session(_sid(request)).history)
+    _, r = WS.build(_sid(request), design, progress=_gradio_progress(progress))
+    return build_verdict_text(r), results_table(r), history_frame(WS.session(_sid(request)).history)
+
+
+def history_frame(history: list[dict]) -> pd.DataFrame:
+    """Every child of the session, newest first, with readable numbers."""
+    frame = pd.DataFrame(history[::-1])
+    if frame.empty:
+        return frame
+    frame["params"] = frame["params"].map(_human)
+    for key, name, better, fmt in MEASURES[2:]:
+        if key in frame:
+            frame[key] = frame[key].map(lambda v, fmt=fmt: "" if pd.isna(v) else fmt.format(v))
+    frame = frame.rename(columns={k: name + ARROW[better] for k, name, better, _ in MEASURES})
+    frame = frame.rename(columns={"speedup": "speed-up ↑", "seconds": "build seconds", "n": "#"})
+    return frame.rename(columns=lambda c: c.replace("_", " "))
 
 
 @adapter
@@ -306,7 +382,9 @@ def on_heal(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neur
                 yield plots.curves(histories, total), f"{status}  \n{pace}", gr.skip()
                 continue
             healed = payload
-            results = {i: result for i, (_, _, result, _, _) in healed.items()}
+            # the verdict quotes the table's numbers: each trained child evaluated on the whole held-out split
+            results = {i: dict(steps=result["steps"], stopped=result["stopped"], eval_loss=math.log(r["perplexity"]),
+                               eval_perplexity=r["perplexity"]) for i, (_, _, result, r, _) in healed.items()}
             rows = [{"initialization": i, "steps": result["steps"],
                      "held-out perplexity ↓": f"{r['perplexity']:,.1f}",
                      "× parent ↓": f"{r['perplexity'] / r['parent_perplexity']:,.2f}",
@@ -317,6 +395,51 @@ def on_heal(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neur
             yield (plots.curves(histories, total),
                    f"{done}: {verdict(results)}. *Generate with both* in Evaluate now uses **{init}**.",
                    pd.DataFrame(rows))
+
+
+# ---- lessons ------------------------------------------------------------------------------------
+
+def _lesson_outputs(key: str, result: dict):
+    lesson = lessons.LESSONS[key]
+    how = (f"precomputed on the bundled parent ({result['measured']}; {_duration(result['seconds'])} live on 2 "
+           "cores) — **Rerun live** measures it again here" if result["precomputed"] else
+           f"measured live just now in {_duration(result['seconds'])}")
+    head = (f"### {lesson.title}\n*The paper:* {lesson.claim}.  \n<small>{how}. The design is set in "
+            "**3 · Design**.</small>")
+    d = result["design"]
+    return (head, plots.lesson_figure(result), result["conclusion"], _readable(pd.DataFrame(result["table"])), key,
+            d["layers"], d["hidden"], d["ffn"], d["heads"], d["kv_heads"], d["block_rule"], d["neuron_rule"],
+            list(d["scale"]), d["score"], d["compensate"], gr.Button(interactive=True))
+
+
+def _readable(frame: pd.DataFrame) -> pd.DataFrame:
+    """Numbers as people read them: thousands separators, agreement as a percentage, 3–4 significant digits."""
+    def show(column, v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return v
+        if "agreement" in column:
+            return f"{v:.1%}"
+        return f"{v:,}" if isinstance(v, int) else f"{v:,.1f}" if abs(v) >= 100 else f"{v:.3g}"
+    return frame.apply(lambda col: col.map(lambda v: show(col.name, v)))
+
+
+def lesson_button(key: str):
+    """A lesson button's callback: the lesson's design into the widgets, its result (precomputed for the bundled
+    parent) on screen."""
+    @adapter
+    def on_lesson(parent, data, request: gr.Request, progress=gr.Progress()):
+        return _lesson_outputs(key, lessons.run(WS, _sid(request), key, parent=parent, data=data,
+                                                progress=_gradio_progress(progress)))
+    on_lesson.__name__ = f"on_lesson_{key}"
+    return on_lesson
+
+
+@adapter
+def on_lesson_live(key, parent, data, request: gr.Request, progress=gr.Progress()):
+    if key not in lessons.LESSONS:
+        raise SubcloneError("choose a lesson first")
+    return _lesson_outputs(key, lessons.run(WS, _sid(request), key, live=True, parent=parent, data=data,
+                                            progress=_gradio_progress(progress)))
 
 
 def on_leave(request: gr.Request):
@@ -338,7 +461,14 @@ def on_export_healed(parent, data, init, request: gr.Request, progress=gr.Progre
 
 # ---- layout --------------------------------------------------------------------------------------
 
-CSS = ".caption {color: #555; font-size: 0.9em; margin-top: -6px}"
+CSS = """
+.caption {opacity: 0.75; font-size: 0.9em; margin-top: -6px}
+.lessons button {flex: 1 1 30%; min-width: 150px}
+@media (max-width: 600px) {
+  [role=tablist] button {padding: 4px 8px; font-size: 0.85em}
+  .block-strip span {width: 16px !important; height: 16px !important; line-height: 16px !important}
+}
+"""
 
 
 def _figure(label, caption):
@@ -352,8 +482,8 @@ with gr.Blocks(title="subclone") as demo:
     gr.Markdown("# subclone\nMake a smaller transformer out of a larger pretrained one by **weight subcloning** "
                 "(Samragh et al., 2023): measure what matters, choose a shape, slice, evaluate, export. "
                 "New here? Start with the **Learn** tab.")
-    with gr.Tabs():
-        with gr.Tab("1 · Parent & data", id="parent"):
+    with gr.Tabs(overflow_behavior="wrap"):  # on a phone every tab stays one tap away, on a second row
+        with gr.Tab("1 · Parent & data", id="parent") as tab_parent:
             with gr.Row():
                 parent = gr.Dropdown(list(BUILTIN), value=DEFAULT_PARENT, allow_custom_value=True, label="Parent",
                                      info="a bundled parent or a hub id (online); local directories when whoever "
@@ -365,7 +495,7 @@ with gr.Blocks(title="subclone") as demo:
             analyze_btn = gr.Button("Analyze", variant="primary")
             card = gr.Markdown("Analyze the parent to measure neuron, head and block importance on the calibration "
                                "text (80 % for calibration, 20 % held out for evaluation).")
-        with gr.Tab("2 · Anatomy", id="anatomy"):
+        with gr.Tab("2 · Anatomy", id="anatomy") as tab_anatomy:
             gr.Markdown("The paper's observations, measured on this parent. Grey marks what the current design "
                         "drops; move the sliders in **Design** and come back.")
             with gr.Row():
@@ -379,8 +509,8 @@ with gr.Blocks(title="subclone") as demo:
                 with gr.Column():
                     fig_ffn = _figure("FFN neurons", "ffn")
             fig_blocks = _figure("block contribution", "blocks")
-            drop_btn = gr.Button("Compute drop-one Δ loss (one pass per block, ~40 s for SmolLM2)")
-        with gr.Tab("3 · Design", id="design"):
+            drop_btn = gr.Button("Compute drop-one Δ loss (one pass per block: about a minute for SmolLM2 on 2 cores)")
+        with gr.Tab("3 · Design", id="design") as tab_design:
             with gr.Row():
                 layers = gr.Slider(1, 30, value=30, step=1, label="layers")
                 hidden = gr.Slider(9, 576, value=576, step=9, label="hidden")
@@ -411,17 +541,21 @@ with gr.Blocks(title="subclone") as demo:
             with gr.Row():
                 design_heads = gr.Plot(label="kept heads")
                 design_residual = gr.Plot(label="kept residual dimensions")
-        with gr.Tab("4 · Evaluate", id="evaluate"):
+        with gr.Tab("4 · Evaluate", id="evaluate") as tab_evaluate:
             build_btn = gr.Button("Build & evaluate", variant="primary")
-            results = gr.Dataframe(headers=["metric", "parent", "child"], label="parent vs child (held-out text)",
-                                   interactive=False)
+            build_verdict = gr.Markdown()
+            results = gr.Dataframe(headers=["measure", "parent", "child", "child ÷ parent"],
+                                   label="parent vs child (held-out text)", interactive=False)
             prompt = gr.Textbox("The Python interpreter", label="Prompt (encoders: sentences, one per line)", lines=2)
             outputs_btn = gr.Button("Generate with both")
+            gr.Markdown("Greedy continuations of the same prompt. A child that has not been trained yet often "
+                        "repeats itself or drifts: that is expected, and what **Heal** is for.",
+                        elem_classes="caption")
             with gr.Row():
                 parent_out = gr.Markdown(label="parent")
                 child_out = gr.Markdown(label="child")
             history_table = gr.Dataframe(label="every child built in this session", interactive=False)
-        with gr.Tab("5 · Tradeoffs", id="tradeoffs"):
+        with gr.Tab("5 · Tradeoffs", id="tradeoffs") as tab_tradeoffs:
             with gr.Row():
                 depths = gr.Textbox("30, 24, 18, 12", label="depths (layers)")
                 widths = gr.Textbox("100, 87.5, 75, 62.5", label="widths (% of hidden and ffn)",
@@ -430,7 +564,7 @@ with gr.Blocks(title="subclone") as demo:
             fig_pareto = _figure("tradeoff", "pareto")
             sweep_table = gr.Dataframe(label="sweep", interactive=False)
             sweep_csv = gr.File(label="CSV")
-        with gr.Tab("6 · Heal", id="heal"):
+        with gr.Tab("6 · Heal", id="heal") as tab_heal:
             gr.Markdown("Train the child designed in **Design** for a few steps from each initialization on equal "
                         "terms (same text, batches, schedule, seed), one step of each in turn: **Stop** keeps a curve "
                         "for every one. Defaults follow the paper: lr 1e-4 for inherited weights, 1e-3 for random "
@@ -452,7 +586,7 @@ with gr.Blocks(title="subclone") as demo:
                 healed_btn = gr.Button("Export trained child")
             healed_file = gr.File(label="trained child (zip)")
             healed_status = gr.Markdown()
-        with gr.Tab("7 · Export", id="export"):
+        with gr.Tab("7 · Export", id="export") as tab_export:
             gr.Markdown("Exports the child designed in **Design**: a `save_pretrained` folder with the tokenizer, "
                         "`subclone.json` (the full plan) and a model card, as a zip.")
             with gr.Row():
@@ -463,10 +597,23 @@ with gr.Blocks(title="subclone") as demo:
             export_status = gr.Markdown(label="export status")
             with gr.Accordion("model card", open=False):
                 export_card = gr.Markdown(label="model card")
-        with gr.Tab("8 · Learn", id="learn"):
+        with gr.Tab("8 · Learn", id="learn") as tab_learn:
+            gr.Markdown("### Lessons: the paper's observations, one click each\nEach button sets a design and shows "
+                        "what the bundled parent measures; the lesson plan below uses them in order.")
+            with gr.Row(elem_classes="lessons"):
+                lesson_btns = {k: gr.Button(f"{n + 1} · {lesson.title}", size="sm", elem_id=f"lesson-{k}")
+                               for n, (k, lesson) in enumerate(lessons.LESSONS.items())}
+            lesson_head = gr.Markdown()
+            lesson_fig = gr.Plot(label="lesson", show_label=False)
+            lesson_text = gr.Markdown(elem_id="lesson-conclusion")
+            lesson_table = gr.Dataframe(label="measured", interactive=False)
+            lesson_key = gr.State("")
+            rerun_btn = gr.Button("Rerun live", size="sm", interactive=False)
             gr.Markdown(LEARN)
 
+    tab = gr.State("parent")  # the tab on screen: only its figures are drawn
     design_in = [parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale, score, compensate]
+    figures_in = [*design_in, tab]
     sliders = [layers, hidden, ffn, heads, kv_heads]
     anatomy = [fig_residual, fig_consistency, fig_heads, fig_ffn, fig_blocks, design_heads, design_residual]
     preview_in = [parent, data, *sliders, block_rule]
@@ -477,7 +624,7 @@ with gr.Blocks(title="subclone") as demo:
     upload.upload(on_upload, upload, data, api_name="upload")
     analyze_btn.click(on_analyze, [parent, data], [card, *sliders], api_name="analyze", **RAW).then(
         on_preview, preview_in, [readout, strip], api_name=False, **RAW).then(
-        on_design, design_in, anatomy, api_name=False, **RAW).then(
+        on_design, figures_in, anatomy, api_name=False, **RAW).then(
         on_warm, [parent, data], None, api_name=False, show_progress="hidden", **RAW)
     gr.on([w.change for w in (*sliders, block_rule)], on_preview, preview_in, [readout, strip],
           api_name="preview", show_progress="hidden", trigger_mode="always_last", **RAW)
@@ -485,16 +632,22 @@ with gr.Blocks(title="subclone") as demo:
                   show_progress="hidden")
     gr.on([block_rule.change, compensate.change], _rules_help, [block_rule, compensate], rules_help, api_name=False,
           show_progress="hidden")
-    gr.on([*(w.change for w in sliders), block_rule.change, neuron_rule.change, scale.change, score.change,
-           compensate.change], on_design,
-          design_in,
-          anatomy, api_name=False, show_progress="hidden", trigger_mode="always_last", **RAW)
-    demo.load(on_preview, preview_in, [readout, strip], api_name=False, **RAW).then(
-        on_design, design_in, anatomy, api_name=False, **RAW)
+    for w in sliders:  # figures on release only: dragging sends the readout and the strip, a few KB
+        w.release(on_snap, [parent, data, *sliders], sliders, api_name=False, show_progress="hidden",
+                  trigger_mode="always_last", **RAW).then(
+            on_design, figures_in, anatomy, api_name=False, show_progress="hidden", trigger_mode="always_last", **RAW)
+    gr.on([block_rule.change, neuron_rule.change, scale.change, score.change, compensate.change], on_design,
+          figures_in, anatomy, api_name=False, show_progress="hidden", trigger_mode="always_last", **RAW)
+    for name, t in dict(parent=tab_parent, anatomy=tab_anatomy, design=tab_design, evaluate=tab_evaluate,
+                        tradeoffs=tab_tradeoffs, heal=tab_heal, export=tab_export, learn=tab_learn).items():
+        event = t.select(lambda name=name: name, None, tab, api_name=False, show_progress="hidden")
+        if name in FIGURE_TABS:  # drawn when the tab opens, so plotly sizes them to the visible width
+            event.then(on_design, figures_in, anatomy, api_name=False, show_progress="hidden", **RAW)
+    demo.load(on_preview, preview_in, [readout, strip], api_name=False, **RAW)
     drop_btn.click(on_drop_one, design_in, fig_blocks, api_name="drop_one", **RAW)
-    build_btn.click(on_build, design_in, [results, history_table], api_name="build", **RAW).then(
+    build_btn.click(on_build, design_in, [build_verdict, results, history_table], api_name="build", **RAW).then(
         on_preview, preview_in, [readout, strip], api_name=False, show_progress="hidden", **RAW).then(
-        on_design, design_in, anatomy, api_name=False, show_progress="hidden", **RAW)  # the search's blocks
+        on_design, figures_in, anatomy, api_name=False, show_progress="hidden", **RAW)  # the search's blocks
     outputs_btn.click(on_outputs, [parent, prompt], [parent_out, child_out], api_name="outputs", **RAW)
     sweep_btn.click(on_sweep, [parent, data, depths, widths, heads, kv_heads, block_rule, neuron_rule, scale, score,
                                compensate],
@@ -502,6 +655,11 @@ with gr.Blocks(title="subclone") as demo:
     heal_btn.click(on_heal, [*design_in, steps, inits, distill], [fig_curves, heal_status, heal_table],
                    api_name="heal", **RAW)
     stop_btn.click(on_stop, None, heal_status, api_name="stop")
+    lesson_out = [lesson_head, lesson_fig, lesson_text, lesson_table, lesson_key, *sliders, block_rule, neuron_rule,
+                  scale, score, compensate, rerun_btn]
+    for key, btn in lesson_btns.items():
+        btn.click(lesson_button(key), [parent, data], lesson_out, api_name=f"lesson_{key}", **RAW)
+    rerun_btn.click(on_lesson_live, [lesson_key, parent, data], lesson_out, api_name="lesson_live", **RAW)
     demo.unload(on_leave)
     healed_btn.click(on_export_healed, [parent, data, healed_init], [healed_file, healed_status],
                      api_name="export_trained", **RAW)

@@ -3,7 +3,8 @@
     .venv/bin/python bench/app_speed.py        # prints a markdown table (medians of repeated runs)
 
 Targets (2 cores): /preview ≤ 50 ms; Analyze warm (disk cache hit) ≤ 1 s, cold ≤ 30 s; Build & evaluate of a
-half-size child ≤ 10 s; a 16-shape sweep ≤ 90 s.
+half-size child ≤ 10 s; a 16-shape sweep ≤ 90 s; Heal's class default (12 steps of subclone and random init, a
+two-thirds child) a few minutes (≤ 300 s).
 """
 import statistics
 import sys
@@ -55,22 +56,32 @@ def main():
     times = [timed(app.on_preview, P, D, *s, rule, None) for s in shapes * 5 for rule in ("magnitude", "search")]
     rows.append((f"/preview, median of {len(times)} (max {max(times) * 1000:.0f} ms)", statistics.median(times), 0.05))
 
-    app.on_design(P, D, *shapes[0], *RULES.values(), None)  # warm-up
-    rows.append(("anatomy redraw after a slider move (7 figures), median of 5",
-                 median(app.on_design, 5, P, D, *HALF.values(), *RULES.values(), None), None))
+    app.on_design(P, D, *shapes[0], *RULES.values(), "anatomy", None)  # warm-up
+    rows.append(("Anatomy tab redraw (5 figures), median of 5",
+                 median(app.on_design, 5, P, D, *HALF.values(), *RULES.values(), "anatomy", None), None))
     rows.append(("Build & evaluate half-size child, first (parent evaluated once)",
                  timed(app.on_build, P, D, *HALF.values(), *RULES.values(), None, progress=quiet), None))
     rows.append(("Build & evaluate half-size child, paper rules, median of 3",
                  median(app.on_build, 3, P, D, *HALF.values(), *RULES.values(), None, progress=quiet), 10))
     rows.append(("Build & evaluate half-size child, default (best): block search to 20 blocks, first time",
                  timed(app.on_build, P, D, *HALF.values(), *BEST.values(), None, progress=quiet), 70))
-    rows.append(("Build & evaluate half-size child, default (best), search cached: fits + build, median of 3",
+    rows.append(("Build & evaluate half-size child, default (best), search and fits cached, median of 3",
                  median(app.on_build, 3, P, D, *HALF.values(), *BEST.values(), None, progress=quiet), 20))
     rows.append(("Sweep 4 depths × 4 widths = 16 shapes", timed(app.on_sweep, P, D, "30, 24, 18, 12",
                                                                 "100, 87.5, 75, 62.5", 9, 3, *RULES.values(), None,
                                                                 progress=quiet), 90))
     rows.append(("Export half-size child (zip, metrics cached)",
                  timed(app.on_export, P, D, *HALF.values(), *RULES.values(), "", "", None, progress=quiet), None))
+
+    two_thirds = dict(layers=24, hidden=504, ffn=1280, heads=9, kv_heads=3)
+    steps = app.steps.value  # the Heal tab's defaults, as a class gets them
+    inits = app.inits.value
+
+    def heal():
+        for _ in app.on_heal(P, D, *two_thirds.values(), *BEST.values(), steps, inits, 0, None):
+            pass
+    rows.append((f"Heal, class default: {steps} steps × {' + '.join(inits)} of a two-thirds child (24 / 504 / 1280)",
+                 timed(heal), 300))
 
     print("| action | seconds | target |\n|---|---|---|")
     for name, t, target in rows:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -137,10 +138,14 @@ def paired_speed(parent_model, child, tokens: Tokens, kind: str, repeats: int = 
         parent_ms.append(ms_per_token(parent_model, tokens, kind, repeats=1))
         child_ms.append(ms_per_token(child, tokens, kind, repeats=1))
     ratios = sorted(p / c for p, c in zip(parent_ms, child_ms))
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    busy = f"; the machine was busy (load {load:.1f} on {cores} cores): the milliseconds are inflated, the " \
+           "ratio less so" if load > 0.75 * cores else ""
     return dict(ms_per_token=round(statistics.median(child_ms), 3),
                 parent_ms_per_token=round(statistics.median(parent_ms), 3),
                 speedup=round(statistics.median(ratios), 2), speedup_range=[round(ratios[0], 2), round(ratios[-1], 2)],
-                speed_measured=f"parent and child alternately, {repeats} times each, greedy decoding on this machine")
+                speed_measured=f"parent and child alternately, {repeats} times each, greedy decoding on this machine"
+                               + busy)
 
 
 def evaluate(child, ref: Reference, residual: list[int] | None = None, speed: bool = True,

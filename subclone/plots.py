@@ -6,6 +6,7 @@ same picture shows what the parent has and what the child keeps. CAPTIONS says h
 from __future__ import annotations
 
 import html
+import math
 
 import plotly.graph_objects as go
 import torch
@@ -16,8 +17,9 @@ from .plan import Plan
 
 CAPTIONS = {
     "residual": "Each row is a block, each column a residual-stream dimension, ordered by the one ranking shared "
-                "by all blocks (most important left). A few bright columns in every row: the same dimensions matter "
-                "everywhere, which is why one cut can serve every block. Grey = dropped by the child.",
+                "by all blocks (most important left), each row divided by its block's median so that every block "
+                "counts alike. Bright on the left in every row: the same dimensions matter everywhere, which is why "
+                "one cut can serve every block. Grey = dropped by the child.",
     "consistency": "Share of top-half residual dimensions that two blocks have in common (1 = the same set). "
                    "Bright everywhere means the ranking is consistent across layers, as the paper observes.",
     "heads": "Output norm of each attention head (rows: blocks). Heads are kept or dropped whole; grouped-query "
@@ -34,25 +36,39 @@ CAPTIONS = {
               "Pareto front: no other child is both smaller and better. Hover for the shape.",
 }
 
-_GREY = [[0, "rgba(255,255,255,0.78)"], [1, "rgba(255,255,255,0.78)"]]
+_VEIL = [[0, "rgba(0,0,0,0)"], [1, "rgba(200,200,200,0.8)"]]
+MAX_COLUMNS = 384  # a heatmap wider than this shows every n-th rank: a slider move stays light (a few 100 KB)
+_FONT = "#888"  # readable on the light and the dark theme
 
 
 def _layout(fig: go.Figure, title: str, x: str, y: str, height: int = 360) -> go.Figure:
+    """Transparent background and mid-grey text and grid: the figure follows the page's light or dark theme."""
     fig.update_layout(title=dict(text=title, x=0.01), height=height, margin=dict(l=60, r=20, t=40, b=45),
-                      xaxis_title=x, yaxis_title=y, template="plotly_white")
+                      xaxis_title=x, yaxis_title=y, template="none", paper_bgcolor="rgba(0,0,0,0)",
+                      plot_bgcolor="rgba(0,0,0,0)", font=dict(color=_FONT), autosize=True)
+    fig.update_xaxes(gridcolor="rgba(128,128,128,0.25)", zeroline=False)
+    fig.update_yaxes(gridcolor="rgba(128,128,128,0.25)", zeroline=False)
     return fig
 
 
-def _heatmap(z: torch.Tensor, title: str, x: str, colorbar: str, dropped: torch.Tensor | None) -> go.Figure:
-    """Log-coloured (layers × units) map; `dropped` (same shape, bool) is greyed out on top."""
-    fig = go.Figure(go.Heatmap(z=z.clamp_min(1e-8).log10().mul(1000).round().div(1000).tolist(), colorscale="Viridis",
+def _heatmap(z: torch.Tensor, title: str, x: str, colorbar: str, dropped: torch.Tensor | None,
+             hover: str = "10^%{z:.1f}", columns: torch.Tensor | None = None) -> go.Figure:
+    """(layers × units) map of log10 values, one decimal (what the eye can tell apart; it keeps the figure small);
+    `dropped` (same shape, bool) is veiled in grey on top, as a 0/1 byte array. `columns` labels the x positions."""
+    x_values = (columns if columns is not None else torch.arange(z.shape[1])).tolist()
+    fig = go.Figure(go.Heatmap(z=z.double().log10().mul(10).round().div(10).tolist(), x=x_values, colorscale="Viridis",
                                colorbar=dict(title=dict(text=colorbar, side="right")),
-                               hovertemplate="block %{y}, " + x + " %{x}: 10^%{z:.2f}<extra></extra>"))
+                               hovertemplate="block %{y}, " + x + " %{x}: " + hover + "<extra></extra>"))
     if dropped is not None and dropped.any():
-        veil = torch.where(dropped, 1.0, float("nan"))
-        fig.add_trace(go.Heatmap(z=veil.tolist(), colorscale=_GREY, showscale=False, hoverinfo="skip"))
+        fig.add_trace(go.Heatmap(z=dropped.to(torch.uint8).numpy(), x=x_values, colorscale=_VEIL, zmin=0, zmax=1,
+                                 showscale=False, hoverinfo="skip"))
     fig.update_yaxes(autorange="reversed")
     return _layout(fig, title, x, "block")
+
+
+def _every(n: int, cap: int = MAX_COLUMNS) -> torch.Tensor:
+    """The positions shown of n ranks: all of them up to `cap`, else `cap` evenly spaced from the first."""
+    return torch.arange(n) if n <= cap else torch.arange(cap) * n // cap
 
 
 def _dropped_rows(n_layers: int, plan: Plan | None) -> torch.Tensor:
@@ -62,18 +78,35 @@ def _dropped_rows(n_layers: int, plan: Plan | None) -> torch.Tensor:
     return rows
 
 
-def residual_map(imp: Importance, plan: Plan | None = None) -> go.Figure:
+def residual_map(imp: Importance, plan: Plan | None = None, top: int | None = None) -> go.Figure:
+    """Each block's residual activations in the order of the one shared ranking, divided by that block's median:
+    blocks deeper in the stack have larger activations everywhere, and without the division their rows would
+    outshine the pattern across columns that the figure is about. With `top`, the view opens on the first `top`
+    ranks (the leading dimensions are a pixel wide at full width); the rest is a drag or a double-click away."""
     order = imp.residual_ranking.argsort(descending=True)
+    shown = _every(len(order), 2 * MAX_COLUMNS)  # each leading rank is its own column
+    values = imp.residual.clamp_min(1e-8)
+    values = (values / values.median(dim=1, keepdim=True).values)[:, order][:, shown]
     dropped = None
     if plan is not None:
         cols = torch.ones(imp.residual.shape[1], dtype=torch.bool)
         cols[plan.residual] = False
-        dropped = cols[order].expand_as(imp.residual) | _dropped_rows(len(imp.residual), plan)[:, None]
-    return _heatmap(imp.residual[:, order], "Residual-stream dimensions", "rank", "log10 mean |act|", dropped)
+        dropped = cols[order][shown].expand_as(values) | _dropped_rows(len(imp.residual), plan)[:, None]
+    title = "Residual-stream dimensions (each block ÷ its median)"
+    if top and top < len(order):
+        title = f"Top {top} of {len(order)} residual dimensions (each block ÷ its median; double-click: all)"
+    fig = _heatmap(values, title, "rank", "log10 (÷ median)", dropped, hover="10^%{z:.1f} × the block's median",
+                   columns=shown)
+    if top and top < len(order):
+        fig.update_xaxes(range=[-0.5, top - 0.5])
+    return fig
 
 
 def consistency_map(imp: Importance, top: float = 0.5) -> go.Figure:
-    c = imp.layer_consistency(top)
+    return _consistency(imp.layer_consistency(top), top)
+
+
+def _consistency(c: torch.Tensor, top: float = 0.5) -> go.Figure:
     fig = go.Figure(go.Heatmap(z=c.tolist(), zmin=0, zmax=1, colorscale="Viridis",
                                hovertemplate="blocks %{y} and %{x}: %{z:.2f} shared<extra></extra>"))
     fig.update_yaxes(autorange="reversed")
@@ -87,19 +120,20 @@ def heads_map(imp: Importance, plan: Plan | None = None) -> go.Figure:
         dropped = torch.ones_like(imp.heads, dtype=torch.bool)
         for i, heads in zip(plan.layers, plan.heads):
             dropped[i, heads] = False
-    return _heatmap(imp.heads, "Attention heads", "head", "log10 output norm", dropped)
+    return _heatmap(imp.heads.clamp_min(1e-8), "Attention heads", "head", "log10 output norm", dropped)
 
 
 def ffn_map(imp: Importance, plan: Plan | None = None) -> go.Figure:
     order = imp.ffn.argsort(dim=1, descending=True)
+    shown = _every(imp.ffn.shape[1])
     dropped = None
     if plan is not None:
         dropped = torch.ones_like(imp.ffn, dtype=torch.bool)
         for i, kept in zip(plan.layers, plan.ffn):
             dropped[i, kept] = False
-        dropped = dropped.gather(1, order)
-    return _heatmap(imp.ffn.gather(1, order), "FFN neurons (sorted within each block)", "rank", "log10 mean |act|",
-                    dropped)
+        dropped = dropped.gather(1, order)[:, shown]
+    return _heatmap(imp.ffn.gather(1, order)[:, shown].clamp_min(1e-8), "FFN neurons (sorted within each block)",
+                    "rank", "log10 mean |act|", dropped, columns=shown)
 
 
 def blocks_chart(imp: Importance, drop_one: torch.Tensor | None = None, plan: Plan | None = None,
@@ -140,6 +174,15 @@ def pareto_chart(frame, x: str = "params") -> go.Figure:
                    height=420)
 
 
+def placeholder(message: str) -> go.Figure:
+    """An empty figure that says why it is empty."""
+    fig = go.Figure()
+    fig.add_annotation(text=message, showarrow=False, font=dict(size=15), x=0.5, y=0.5, xref="paper", yref="paper")
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return _layout(fig, "", "", "", height=220)
+
+
 def block_strip(n_layers: int, kept: list[int] | None, pending: str | None = None) -> str:
     """One square per parent block: filled = kept, hollow = dropped. Plain HTML, no figure needed. `pending` says
     why there are no blocks to show yet, when the parent is analyzed."""
@@ -172,5 +215,36 @@ def curves(histories: dict[str, list[dict]], steps: int | None = None) -> go.Fig
                                  mode="lines", line=dict(color=color, dash="dot")))
     fig = _layout(fig, "Recovery training", "step", "loss (nats / token)", height=420)
     if steps:
-        fig.update_xaxes(range=[0, steps])
+        fig.update_xaxes(range=[0, steps], dtick=max(1, steps // 6))
     return fig
+
+
+def lesson_figure(result: dict) -> go.Figure:
+    """The figure of a lesson's result (lessons.py), drawn from its plain data."""
+    f = result["figure"]
+    if f["kind"] == "consistency":
+        return _consistency(torch.tensor(f["matrix"]))
+    if f["kind"] == "curves":
+        return curves(f["histories"], f["steps"])
+    if f["kind"] == "bars":
+        names = list(f["series"])
+        fig = make_subplots(rows=len(names), cols=1, shared_xaxes=True, vertical_spacing=0.08, subplot_titles=names)
+        for r, name in enumerate(names, start=1):
+            values = f["series"][name]
+            fig.add_trace(go.Bar(x=list(range(len(values))), y=values, marker_color="#3b6fb6", showlegend=False,
+                                 hovertemplate="block %{x}: %{y:.3f}<extra></extra>"), row=r, col=1)
+        _layout(fig, "", "", "", height=420)
+        fig.update_xaxes(title_text="block", row=len(names), col=1)
+        return fig
+    rows = f["rows"]  # children: held-out perplexity of each, log scale (they differ by orders of magnitude)
+    parent = rows[0]["perplexity"] / rows[0]["× parent"]
+    fig = go.Figure(go.Bar(x=[r["child"] for r in rows], y=[r["perplexity"] for r in rows],
+                           text=[f"{r['perplexity']:,.1f}" for r in rows], textposition="outside",
+                           marker_color=["#3b6fb6"] + ["#c8a24a"] * (len(rows) - 1),
+                           hovertemplate="%{x}: %{y:,.1f}<extra></extra>"))
+    top = max(r["perplexity"] for r in rows)
+    fig.update_yaxes(type="log", range=[0, math.log10(top) * 1.12])  # from 1, a perfect model: heights compare
+    fig.add_hline(y=parent, line=dict(color=_FONT, dash="dash"), annotation_text=f"parent {parent:,.1f}",
+                  annotation_position="top left")
+    return _layout(fig, "Held-out perplexity before training (log scale; lower is better)", "", "perplexity",
+                   height=380)

@@ -16,6 +16,14 @@ def client(app_url):
 SCALE = ["residual", "embed"]
 
 
+def measures(table) -> dict:
+    """The results table as {measure: [parent, child]} numbers ('1,234' -> 1234, '× 1.30' -> 1.3, '' -> None)."""
+    def number(text):
+        text = str(text).replace(",", "").replace("×", "").replace("%", "").strip()
+        return float(text) if text else None
+    return {r[0]: [number(r[1]), number(r[2])] for r in table["data"]}
+
+
 @pytest.mark.slow
 def test_snapping_rules_and_errors_on_a_local_parent(client, tiny_dir):
     parent = dict(parent=str(tiny_dir), data="builtin")
@@ -25,11 +33,13 @@ def test_snapping_rules_and_errors_on_a_local_parent(client, tiny_dir):
                                     block_rule="magnitude", api_name="/preview")
     assert "hidden 25 → 24: hidden must be a multiple of heads (4)" in readout and "3 layers" in readout
     assert "3 of 4 blocks kept" in strip
-    table, history = client.predict(**parent, layers=3, hidden=24, ffn=20, heads=4, kv_heads=2, block_rule="middle",
-                                    neuron_rule="importance", scale=SCALE, api_name="/build")
-    rows = {r[0]: r[1:] for r in table["data"]}
-    assert rows["perplexity"][1] > 0 and rows["params"][1] < rows["params"][0]
-    assert history["data"][-1][history["headers"].index("block_rule")] == "middle"
+    verdict, table, history = client.predict(**parent, layers=3, hidden=24, ffn=20, heads=4, kv_heads=2,
+                                             block_rule="middle", neuron_rule="importance", scale=SCALE,
+                                             api_name="/build")
+    rows = measures(table)
+    assert rows["held-out perplexity ↓"][1] > 0 and rows["parameters"][1] < rows["parameters"][0]
+    assert "of the parent's parameters" in verdict and "lower is better" in verdict
+    assert history["data"][0][history["headers"].index("block rule")] == "middle"
     with pytest.raises(Exception, match="unknown parent 'nope'"):
         client.predict(parent="nope", data="builtin", api_name="/analyze")
     with pytest.raises(Exception, match="depths must be a comma-separated list"):
@@ -50,10 +60,12 @@ def test_bundled_parent_end_to_end(client, tmp_path):
     readout, strip = client.predict(**parent, **shape, api_name="/preview")
     assert "hidden 430 → 432" in readout and "20 of 30 blocks kept" in strip
     shape.update(hidden=432, neuron_rule="importance", scale=SCALE)
-    table, _ = client.predict(**parent, **shape, api_name="/build")
-    rows = {r[0]: r[1:] for r in table["data"]}
-    assert rows["perplexity"][0] < rows["perplexity"][1] < 1000  # worse than the parent, far better than random
-    assert 0.4 < rows["params"][1] / rows["params"][0] < 0.5 and rows["speedup"][1] > 1
+    _, table, _ = client.predict(**parent, **shape, api_name="/build")
+    rows = measures(table)
+    ppl = rows["held-out perplexity ↓"]
+    assert ppl[0] < ppl[1] < 1000  # worse than the parent, far better than random
+    assert 0.4 < rows["parameters"][1] / rows["parameters"][0] < 0.5
+    assert rows["speed-up, timed side by side ↑"][1] > 1
     parent_text, child_text = client.predict(parent="smollm2-135m", prompt="The Python interpreter", api_name="/outputs")
     assert parent_text.startswith("##### parent") and child_text.startswith("##### child") and parent_text != child_text
 
@@ -83,9 +95,9 @@ def test_bundled_encoder_shows_similarities_and_refuses_training(client):
     assert "bert (encoder)" in card
     shape = dict(layers=4, hidden=256, ffn=1024, heads=8, kv_heads=8, block_rule="magnitude", neuron_rule="importance",
                  scale=SCALE)
-    table, _ = client.predict(**parent, **shape, api_name="/build")
-    rows = {r[0]: r[1:] for r in table["data"]}
-    assert 0 < rows["cosine_to_parent"][1] <= 1 and "perplexity" not in rows
+    _, table, _ = client.predict(**parent, **shape, api_name="/build")
+    rows = measures(table)
+    assert 0 < rows["embedding cosine to the parent ↑"][1] <= 1 and "held-out perplexity ↓" not in rows
     p, c = client.predict(parent="minilm-l6", prompt="A cat sits on the mat.\nA kitten rests on a rug.\nStocks fell today.",
                           api_name="/outputs")
     assert p.count("|") == c.count("|") and "A cat sits on the mat." in p and "Stocks fell today." in c

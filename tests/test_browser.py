@@ -1,8 +1,8 @@
 """The app in a real browser (Debian's headless Chromium, driven by Playwright), the way a learner uses it.
 
-Opens the page, analyzes the bundled parent, moves a slider, builds, sweeps, trains, exports, and saves a screenshot
-of every view (to $SUBCLONE_SCREENSHOTS, default a temporary folder). Fails on any JavaScript error, any
-console error, or any error toast.
+Opens the page, analyzes the bundled parent, moves a slider, builds, sweeps, trains, exports, clicks every lesson,
+and saves a screenshot of every view at desktop width, on a phone and in dark mode (to $SUBCLONE_SCREENSHOTS,
+default a temporary folder). Fails on any JavaScript error, any console error, or any error toast.
 """
 import os
 import re
@@ -58,13 +58,13 @@ def test_every_view_in_chromium(app_url, tmp_path):
         page.wait_for_timeout(2500)  # the greyed-out figures follow the readout
         shot(VIEWS[2])
 
-        view(VIEWS[1], settle=1000)
+        view(VIEWS[1], settle=3000)
         assert page.locator(".js-plotly-plot").count() >= 5
         shot(VIEWS[1])
 
         view(VIEWS[3])
         page.get_by_role("button", name="Build & evaluate").click()
-        page.locator("span", has_text="top1_agreement").first.wait_for(timeout=180_000)
+        page.locator("span", has_text="next token agrees with the parent").first.wait_for(timeout=180_000)
         page.get_by_role("button", name="Generate with both").click()
         page.locator("h5", has_text="child").first.wait_for(timeout=60_000)  # the child's generation
         shot(VIEWS[3])
@@ -80,8 +80,8 @@ def test_every_view_in_chromium(app_url, tmp_path):
         view(VIEWS[5])
         page.get_by_label("steps").fill("2")
         page.get_by_role("button", name="Start").click()
-        page.get_by_text("Best: subclone").wait_for(timeout=300_000)
-        page.locator("span", has_text="held_out_loss").first.wait_for(timeout=10_000)
+        page.get_by_text("after 2 steps each").wait_for(timeout=300_000)  # the verdict: both curves, same steps
+        page.locator("span", has_text="top-1 agreement with parent").first.wait_for(timeout=10_000)
         shot(VIEWS[5])
 
         view(VIEWS[6])
@@ -91,6 +91,13 @@ def test_every_view_in_chromium(app_url, tmp_path):
 
         view(VIEWS[7])
         assert page.get_by_text("What weight subcloning is").count() == 1
+        from subclone.lessons import LESSONS
+
+        for n, lesson in enumerate(LESSONS.values()):  # precomputed on the bundled parent: each shows at once
+            page.locator(f"#lesson-{lesson.key}").click()
+            page.locator("h3", has_text=lesson.title).wait_for(timeout=60_000)
+            page.locator("#lesson-conclusion", has_text=re.compile(r"\d")).wait_for(timeout=10_000)
+            assert page.locator(".js-plotly-plot").filter(has=page.locator("svg")).count() >= 1
         shot(VIEWS[7])
 
         # an uploaded text: read into this session, named upload:<file> in the data box, and calibrated on
@@ -107,3 +114,65 @@ def test_every_view_in_chromium(app_url, tmp_path):
         browser.close()
     assert not problems, "\n".join(problems)
     assert len(list(shots.glob("*.png"))) >= len(VIEWS)
+
+
+def _bytes_received(page):
+    """A counter of the bytes the page receives (every response, streamed ones included), via the DevTools protocol."""
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    got = [0]
+    cdp.on("Network.dataReceived", lambda e: got.__setitem__(0, got[0] + e["dataLength"]))
+    return got
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Chromium is not installed (make test installs it)")
+def test_light_slider_moves_phone_and_dark_mode(app_url, tmp_path):
+    """A slider move in Design receives at most 300 KB (the readout while dragging, the visible tab's figures on
+    release); on a 390 px phone every tab is one tap away (no overflow menu); screenshots at both widths and dark."""
+    from playwright.sync_api import sync_playwright
+
+    shots = Path(os.environ.get("SUBCLONE_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    problems = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("pageerror", lambda e: problems.append(f"JavaScript error: {e}"))
+        page.goto(app_url)
+        page.get_by_role("button", name="Analyze").click()
+        page.get_by_text("Calibrated on").wait_for(timeout=180_000)
+        page.get_by_role("tab", name=VIEWS[2]).click()
+        page.locator(".js-plotly-plot").first.wait_for(timeout=30_000)  # Design's figures, drawn as it opens
+        page.wait_for_timeout(2000)
+        got = _bytes_received(page)
+        slider = page.locator("input[type=range]").nth(2)  # ffn
+        box = slider.bounding_box()
+        page.mouse.move(box["x"] + box["width"] - 4, box["y"] + box["height"] / 2)
+        page.mouse.down()
+        for x in range(10):  # a drag to about two thirds, then release
+            page.mouse.move(box["x"] + box["width"] * (0.95 - x * 0.03), box["y"] + box["height"] / 2)
+            page.wait_for_timeout(60)
+        page.mouse.up()
+        page.get_by_text(re.compile(r"ffn 1[0-4]\d\d ")).first.wait_for(timeout=10_000)
+        page.wait_for_timeout(4000)  # the figures of the visible tab follow the release
+        assert 0 < got[0] <= 300_000, f"a slider move received {got[0]:,} bytes"
+        print(f"slider move: {got[0]:,} bytes received")
+
+        for theme, viewport in (("phone", {"width": 390, "height": 844}), ("dark", {"width": 1280, "height": 900})):
+            page = browser.new_page(viewport=viewport)
+            page.on("pageerror", lambda e: problems.append(f"JavaScript error: {e}"))
+            page.goto(app_url + ("?__theme=dark" if theme == "dark" else ""))
+            tabs = page.get_by_role("tab")
+            tabs.first.wait_for(timeout=30_000)
+            assert page.locator(".overflow-menu button, .overflow-dropdown").count() == 0 or \
+                not page.locator(".overflow-menu button").first.is_visible()
+            for n, name in enumerate(VIEWS):
+                tab = page.get_by_role("tab", name=name)
+                assert tab.is_visible(), f"{name} is not reachable in one tap on {theme}"
+                tab.click()
+                page.wait_for_timeout(1500 if name in (VIEWS[1], VIEWS[2]) else 300)
+                page.screenshot(path=shots / f"{theme}-{n + 1}-{name.split(' · ')[1].split()[0].lower()}.png")
+            page.close()
+        browser.close()
+    assert not problems, "\n".join(problems)

@@ -39,7 +39,7 @@ def test_eight_sessions_at_once(space_app):
     def session(i, client, rounds):
         try:
             for _ in range(rounds):
-                _, histories[i] = client.predict(**SMALL, data=SPELLINGS[i], layers=4 + i, api_name="/build")
+                _, _, histories[i] = client.predict(**SMALL, data=SPELLINGS[i], layers=4 + i, api_name="/build")
         except Exception as e:  # reported below, with the session it came from
             errors.append(f"session {i}: {e}")
 
