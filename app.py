@@ -320,12 +320,26 @@ def on_outputs(parent, prompt, request: gr.Request):
 
 @adapter
 def on_sweep(parent, data, depths, widths, heads, kv_heads, block_rule, neuron_rule, scale, score, compensate,
-             request: gr.Request,
-             progress=gr.Progress()):
+             request: gr.Request, progress=gr.Progress()):
+    """The sweep as it goes: the figure and the table grow with each child; Stop keeps what was measured."""
     design = Design.of(WS.limits, parent, data, None, None, None, heads, kv_heads, block_rule, neuron_rule, scale,
                        score, compensate)
-    frame, csv = WS.sweep(_sid(request), design, depths, widths, progress=_gradio_progress(progress))
-    return plots.pareto_chart(frame), frame, str(csv)
+    for frame, csv, (done, total) in WS.sweeping(_sid(request), design, depths, widths,
+                                                 progress=_gradio_progress(progress)):
+        figure = plots.pareto_chart(frame) if len(frame) else gr.skip()
+        note = f"{done} of {total} children" + ("" if csv is None else " — stopped" if done < total else " — done")
+        yield figure, frame, str(csv) if csv else gr.skip(), note
+
+
+def on_sweep_estimate(parent, data, depths, widths, heads, kv_heads, block_rule, compensate, request: gr.Request):
+    """The Sweep button says how many children it builds and about how long that takes here."""
+    try:
+        design = Design.of(WS.limits, parent, data, None, None, None, heads, kv_heads, block_rule,
+                           compensate=compensate)
+        shapes, seconds = WS.sweep_plan(design, depths, widths, WS.session(_sid(request)))
+    except SubcloneError:
+        return gr.Button(value="Sweep")
+    return gr.Button(value=f"Sweep {len(shapes)} children (about {_duration(max(5, round(seconds, -1)))})")
 
 
 # ---- 6. export -----------------------------------------------------------------------------------
@@ -449,7 +463,7 @@ def on_leave(request: gr.Request):
 
 def on_stop(request: gr.Request):
     WS.stop(_sid(request))
-    return "stopping after the current step…"
+    return "stopping after the current step (Heal) or child (Sweep)…"
 
 
 @adapter
@@ -560,7 +574,10 @@ with gr.Blocks(title="subclone") as demo:
                 depths = gr.Textbox("30, 24, 18, 12", label="depths (layers)")
                 widths = gr.Textbox("100, 87.5, 75, 62.5", label="widths (% of hidden and ffn)",
                                     info="heads / kv heads come from Design")
-                sweep_btn = gr.Button("Sweep", variant="primary")
+                with gr.Column(scale=0, min_width=200):
+                    sweep_btn = gr.Button("Sweep", variant="primary")
+                    sweep_stop = gr.Button("Stop", variant="stop", size="sm")
+            sweep_note = gr.Markdown()
             fig_pareto = _figure("tradeoff", "pareto")
             sweep_table = gr.Dataframe(label="sweep", interactive=False)
             sweep_csv = gr.File(label="CSV")
@@ -651,7 +668,12 @@ with gr.Blocks(title="subclone") as demo:
     outputs_btn.click(on_outputs, [parent, prompt], [parent_out, child_out], api_name="outputs", **RAW)
     sweep_btn.click(on_sweep, [parent, data, depths, widths, heads, kv_heads, block_rule, neuron_rule, scale, score,
                                compensate],
-                    [fig_pareto, sweep_table, sweep_csv], api_name="sweep", **RAW)
+                    [fig_pareto, sweep_table, sweep_csv, sweep_note], api_name="sweep", show_progress_on=[fig_pareto],
+                    **RAW)
+    sweep_stop.click(on_stop, None, sweep_note, api_name=False)
+    gr.on([depths.change, widths.change, tab_tradeoffs.select, compensate.change], on_sweep_estimate,
+          [parent, data, depths, widths, heads, kv_heads, block_rule, compensate], sweep_btn, api_name=False,
+          show_progress="hidden", trigger_mode="always_last", **RAW)
     heal_btn.click(on_heal, [*design_in, steps, inits, distill], [fig_curves, heal_status, heal_table],
                    api_name="heal", **RAW)
     stop_btn.click(on_stop, None, heal_status, api_name="stop")

@@ -6,7 +6,7 @@ Each child costs one build and one forward pass over the held-out tokens against
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 import pandas as pd
 
@@ -59,27 +59,45 @@ def pareto(frame: pd.DataFrame, x: str, y: str, lower_is_better: bool = True) ->
     return pd.Series(front, index=frame.index)
 
 
+def children(parent, importance, ref: Reference, shapes: list[Shape], block_rule: str = "magnitude",
+             neuron_rule: str = "importance", scale=None, score: str = "activation", compensate: str = "none",
+             calibration=None, fitted: Callable | None = None) -> Iterator[dict]:
+    """Build and evaluate each shape in turn, yielding its row (size and zero-shot quality) as soon as it is measured.
+    With compensation each child is fitted on the calibration tokens first (seconds per child); `fitted(plan)`, when
+    given, supplies those fits (a cache)."""
+    for shape in shapes:
+        t = time.perf_counter()
+        plan = make_plan(parent, importance, shape, block_rule=block_rule, neuron_rule=neuron_rule, scale=scale,
+                         score=score, compensate=compensate)
+        fits = fitted(plan) if fitted and compensate != "none" else None
+        r = evaluate(build(parent, plan, calibration, fitted=fits), ref, plan.residual, speed=False)
+        d = describe(parent, shape)
+        yield {**{k: v for k, v in shape.to_dict().items() if k != "head_dim"},
+               **{k: d[k] for k in ("params", "percent_of_parent", "flops_per_token", "expected_speedup")},
+               **{k: r[k] for k in ("perplexity", "top1_agreement", "kl_to_parent", "cosine_to_parent") if k in r},
+               "seconds": round(time.perf_counter() - t, 2)}
+
+
+def table(rows: list[dict]) -> pd.DataFrame:
+    """The rows measured so far as a frame; `pareto` marks the best tradeoffs among them."""
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    quality = "perplexity" if "perplexity" in frame else "cosine_to_parent"
+    frame["pareto"] = pareto(frame, "params", quality, lower_is_better=quality == "perplexity")
+    return frame
+
+
 def sweep(parent, importance, ref: Reference, shapes: list[Shape], block_rule: str = "magnitude",
           neuron_rule: str = "importance", scale=None,
           progress: Callable[[float, str], None] | None = None, score: str = "activation", compensate: str = "none",
           calibration=None) -> pd.DataFrame:
-    """One row per shape: its size and its zero-shot quality; `pareto` marks the best tradeoffs. With compensation
-    each child is fitted on the calibration tokens first (seconds per child)."""
+    """One row per shape: its size and its zero-shot quality; `pareto` marks the best tradeoffs."""
     rows = []
-    for i, shape in enumerate(shapes):
+    for row in children(parent, importance, ref, shapes, block_rule, neuron_rule, scale, score, compensate,
+                        calibration):
+        rows.append(row)
         if progress:
-            progress(i / len(shapes), f"child {i + 1}/{len(shapes)}: {shape.layers} layers, hidden {shape.hidden}")
-        t = time.perf_counter()
-        plan = make_plan(parent, importance, shape, block_rule=block_rule, neuron_rule=neuron_rule, scale=scale,
-                         score=score, compensate=compensate)
-        r = evaluate(build(parent, plan, calibration), ref, plan.residual, speed=False)
-        d = describe(parent, shape)
-        rows.append({**shape.to_dict(), **{k: d[k] for k in ("params", "percent_of_parent", "flops_per_token",
-                                                           "expected_speedup")},
-                     **{k: r[k] for k in ("perplexity", "top1_agreement", "kl_to_parent", "cosine_to_parent")
-                        if k in r},
-                     "seconds": round(time.perf_counter() - t, 2)})
-    frame = pd.DataFrame(rows).drop(columns=["head_dim"], errors="ignore")
-    quality = "perplexity" if "perplexity" in frame else "cosine_to_parent"
-    frame["pareto"] = pareto(frame, "params", quality, lower_is_better=quality == "perplexity")
-    return frame
+            progress(len(rows) / len(shapes), f"child {len(rows)}/{len(shapes)}: {row['layers']} layers, "
+                                              f"hidden {row['hidden']}")
+    return table(rows)

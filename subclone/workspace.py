@@ -38,7 +38,7 @@ from .importance import cache_path
 from .plan import (NEURON_RULES, PRESETS, SCALE_GROUPS, SCORES, Plan, check_block_rule, choose_layers, describe,
                    make_plan, snap_shape)
 from .search import extend, searched
-from .sweep import grid, parse_list, sweep
+from .sweep import children, grid, parse_list, table
 from .train import INITS, TrainConfig, compare_inits
 
 Progress = Callable[[float, str], None]
@@ -224,6 +224,7 @@ class Workspace:
         self._small: OrderedDict = OrderedDict()  # key -> value: importance, drop-one scores, texts
         self._making: dict = {}  # key -> Lock: one thread makes an entry, the others wait for it
         self._searching: dict = {}  # (parent, text) -> Lock: one block search at a time per parent and text
+        self._child_seconds: dict = {}  # (parent, fitted) -> seconds the last sweep child took: the next estimate
         self._sessions: dict[str, Session] = {}
 
     # ---- shared, bounded caches -------------------------------------------------------------------
@@ -445,16 +446,17 @@ class Workspace:
         """The calibration windows (the ones importance was measured on), for the fits of a compensated plan."""
         return calibration(parent, text)
 
+    def fits(self, parent: Parent, text: Text, plan: Plan, progress: Progress | None = None) -> dict:
+        """A compensated plan's fits, run on the calibration windows once per parent, text and kept structure, and
+        kept with the parents (bounded), so a rebuild, an export or a sweep of the same child does not refit."""
+        key = ("fits", parent.fingerprint, text.digest, plan.compensate, tuple(plan.layers),
+               tuple(map(tuple, plan.ffn)), tuple(map(tuple, plan.heads)))
+        return self._once(key, lambda: fit(parent, plan, self.calibration(parent, text), plan.compensate, progress),
+                          heavy=True)
+
     def child(self, d: "Designed", progress: Progress | None = None):
-        """Build the designed child. Its plan's fits (if any) run on the calibration windows once per parent, text
-        and kept structure, and are kept with the parents (bounded), so a rebuild or an export does not refit."""
-        fitted = None
-        if d.plan.compensate != "none":
-            p = d.plan
-            key = ("fits", d.parent.fingerprint, d.text.digest, p.compensate, tuple(p.layers),
-                   tuple(map(tuple, p.ffn)), tuple(map(tuple, p.heads)))
-            fitted = self._once(key, lambda: fit(d.parent, p, self.calibration(d.parent, d.text), p.compensate,
-                                                 progress), heavy=True)
+        """Build the designed child (its fits, if any, from `fits`)."""
+        fitted = self.fits(d.parent, d.text, d.plan, progress) if d.plan.compensate != "none" else None
         return build(d.parent, d.plan, progress=progress, fitted=fitted)
 
     def preview(self, design: Design, session: Session | None = None) -> tuple[Designed, dict, list[int] | None]:
@@ -522,29 +524,65 @@ class Workspace:
 
     def sweep(self, session_id: str | None, design: Design, depths, widths, progress: Progress | None = None):
         """Build and evaluate every depth × width child; returns (table, CSV path in the session's folder)."""
-        s = self.session(session_id)
+        for frame, csv, _ in self.sweeping(session_id, design, depths, widths, progress):
+            pass
+        return frame, csv
+
+    def sweep_plan(self, design: Design, depths, widths, session: Session | None = None) -> tuple[list, float]:
+        """The shapes a sweep would build, checked against the bounds, and its estimated seconds on this machine
+        (from the children this process has timed for the parent, else a first guess by size)."""
         depths = parse_list(text_arg(str(depths), "depths", self.limits.max_spec_chars), "depths", int)
         widths = parse_list(text_arg(str(widths), "widths", self.limits.max_spec_chars), "widths")
         if len(depths) * len(widths) > self.limits.max_sweep_shapes:
             raise SubcloneError(f"{len(depths)} depths × {len(widths)} widths = {len(depths) * len(widths)} children; "
                                 f"a sweep here builds at most {self.limits.max_sweep_shapes}")
+        d = self.design(design, session, plan=False)
+        shapes = grid(d.parent, depths, widths, d.shape.heads, d.shape.kv_heads)
+        fitted = self._for_family(design, d.parent, []).compensate != "none"
+        with self._lock:
+            per_child = self._child_seconds.get((d.parent.fingerprint, fitted))
+        if per_child is None:  # measured on 2 cores for SmolLM2-135M (3.6 s a child, 8 s more to fit), by size
+            per_child = (3.6 + 8 * fitted) * d.parent.model.num_parameters() / 135e6
+        return shapes, per_child * len(shapes)
+
+    def sweeping(self, session_id: str | None, design: Design, depths, widths, progress: Progress | None = None):
+        """The sweep as it goes: yields (table so far, None, (done, total)) after each child, then (table, CSV path,
+        (done, total)). Stop (the session's jobs) ends it after the current child, keeping what was measured.
+        Checks its arguments at once, before the first child."""
+        s = self.session(session_id)
+        shapes, _ = self.sweep_plan(design, depths, widths, s)
+        return self._sweeping(s, design, shapes, progress)
+
+    def _sweeping(self, s: Session, design: Design, shapes: list, progress: Progress | None):
         with s.job("sweep") as job:
             step = _progress(job, progress)
-            d = self.design(design, s, compute=True, plan=False)
-            shapes = grid(d.parent, depths, widths, d.shape.heads, d.shape.kv_heads)
+            d = self.design(design, s, compute=True, plan=False, progress=step)
             rules = self._for_family(design, d.parent, [])
             if rules.block_rule == "search":
                 self._search(d.parent, d.text, d.importance, min(x.layers for x in shapes), step)
             step(0.0, "evaluating the parent (once per parent and text)")
             ref = self.reference(d.parent, d.text)
-            frame = sweep(d.parent, d.importance, ref, shapes, rules.block_rule, rules.neuron_rule,
-                          rules.scale_choice, progress=step, score=rules.score, compensate=rules.compensate,
-                          calibration=self.calibration(d.parent, d.text))
+            rows = []
+            for row in children(d.parent, d.importance, ref, shapes, rules.block_rule, rules.neuron_rule,
+                                rules.scale_choice, rules.score, rules.compensate,
+                                fitted=lambda plan: self.fits(d.parent, d.text, plan)):
+                rows.append(row)
+                with self._lock:  # the estimate of the next sweep follows what this machine measures
+                    self._child_seconds[(d.parent.fingerprint, rules.compensate != "none")] = \
+                        sum(r["seconds"] for r in rows) / len(rows)
+                if progress:
+                    progress(len(rows) / len(shapes), f"child {len(rows)}/{len(shapes)}: {row['layers']} layers, "
+                                                      f"hidden {row['hidden']}")
+                if job.stop.is_set() or s.ended:
+                    break
+                yield table(rows), None, (len(rows), len(shapes))
+        frame = table(rows)
         csv = s.folder / f"sweep-{int(time.time() * 1000)}.csv"
-        _atomic(csv, lambda tmp: frame.to_csv(tmp, index=False))
-        for old in s.files("sweep-*.csv")[:-KEEP_EXPORTS]:
-            old.unlink(missing_ok=True)
-        return frame, csv
+        if not s.ended:
+            _atomic(csv, lambda tmp: frame.to_csv(tmp, index=False))
+            for old in s.files("sweep-*.csv")[:-KEEP_EXPORTS]:
+                old.unlink(missing_ok=True)
+        yield frame, csv, (len(rows), len(shapes))
 
     def export(self, session_id: str | None, design: Design, hub_repo: str = "", hub_token: str = "",
                progress: Progress | None = None) -> tuple[Path, str, str]:

@@ -220,3 +220,17 @@ def test_the_verdict_is_given_only_for_comparable_runs():
     assert verdict({"subclone": one, "random": dict(one, steps=4)}).startswith("not comparable")
     text = verdict({"subclone": dict(one, eval_loss=4.0, eval_perplexity=54.6), "random": one})
     assert "**random** has the lowest" in text and "subclone 54.6" in text
+
+
+def test_a_sweep_shows_each_child_as_it_finishes_and_stop_keeps_them(ws, tiny_dir):
+    design = small(tiny_dir, block_rule="magnitude", compensate="none")
+    shapes, seconds = ws.sweep_plan(design, "4, 3, 2, 1", "100, 50")
+    assert len(shapes) == 8 and seconds > 0
+    steps = ws.sweeping("gil", design, "4, 3, 2, 1", "100, 50")
+    frame, csv, (done, total) = next(steps)
+    assert (len(frame), csv, done, total) == (1, None, 1, 8) and "pareto" in frame
+    ws.stop("gil")
+    frame, csv, (done, total) = list(steps)[-1]
+    assert done == len(frame) < 8 and csv.read_text().count("\n") == len(frame) + 1
+    assert not ws.session("gil").jobs
+    assert ws.sweep_plan(design, "4, 3, 2, 1", "100, 50")[1] != seconds  # the estimate now follows what was timed
