@@ -85,7 +85,7 @@ def test_bundled_parent_end_to_end(client, tmp_path):
         {p.name for p in tmp_path.iterdir()}
     child = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
     assert child.config.num_hidden_layers == 20 and child.config.hidden_size == 432
-    assert child.num_parameters() == rows["params"][1]
+    assert child.num_parameters() == rows["parameters"][1]
 
 
 @pytest.mark.slow
