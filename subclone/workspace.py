@@ -29,7 +29,7 @@ from . import export
 from .clone import build
 from .data import TEXT_SUFFIXES, Text, load, read_file
 from .errors import SubcloneError, shown
-from .evaluate import Reference, evaluate, generate, held_out, reference, similarities
+from .evaluate import Reference, evaluate, generate, held_out, paired_speed, reference, similarities
 from .importance import Importance, analyze, calibration, drop_one
 from .limits import Limits, float_arg, int_arg, text_arg
 from .parents import BUILTIN, DEFAULT_PARENT, Parent, load_parent
@@ -483,7 +483,10 @@ class Workspace:
             step(0.2, "evaluating the parent (once per parent and text)" if first else "evaluating the child")
             ref = self.reference(d.parent, d.text)
             step(0.4, "evaluating the child on held-out text")
-            metrics = evaluate(child, ref, d.plan.residual, speed=speed, parent_model=d.parent.model)
+            metrics = evaluate(child, ref, d.plan.residual, speed=False)
+            if speed:
+                step(0.75, "timing parent and child side by side")
+                metrics.update(paired_speed(d.parent.model, child, ref.tokens, ref.kind))
             job.check()
         s.metrics[d.key] = metrics
         while len(s.metrics) > 32:
