@@ -328,7 +328,19 @@ def on_sweep(parent, data, depths, widths, heads, kv_heads, block_rule, neuron_r
                                                  progress=_gradio_progress(progress)):
         figure = plots.pareto_chart(frame) if len(frame) else gr.skip()
         note = f"{done} of {total} children" + ("" if csv is None else " — stopped" if done < total else " — done")
-        yield figure, frame, str(csv) if csv else gr.skip(), note
+        yield figure, _sweep_table(frame), str(csv) if csv else gr.skip(), note
+
+
+def _sweep_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """The sweep as people read it (the CSV keeps the raw numbers)."""
+    if frame.empty:
+        return frame
+    shown = frame.drop(columns=["seconds"], errors="ignore").rename(columns={
+        "percent_of_parent": "% of parent", "flops_per_token": "FLOPs / token", "expected_speedup": "expected speed-up",
+        "perplexity": "held-out perplexity ↓", "top1_agreement": "next token agrees ↑", "kl_to_parent": "KL ↓",
+        "cosine_to_parent": "cosine ↑", "pareto": "Pareto front", "kv_heads": "kv heads"})
+    shown["params"] = frame["params"].map(_human)
+    return _readable(shown)
 
 
 def on_sweep_estimate(parent, data, depths, widths, heads, kv_heads, block_rule, compensate, request: gr.Request):
@@ -664,7 +676,8 @@ with gr.Blocks(title="subclone") as demo:
     drop_btn.click(on_drop_one, design_in, fig_blocks, api_name="drop_one", **RAW)
     build_btn.click(on_build, design_in, [build_verdict, results, history_table], api_name="build", **RAW).then(
         on_preview, preview_in, [readout, strip], api_name=False, show_progress="hidden", **RAW).then(
-        on_design, figures_in, anatomy, api_name=False, show_progress="hidden", **RAW)  # the search's blocks
+        on_design, figures_in, anatomy, api_name=False, show_progress="hidden", **RAW).then(  # the search's blocks
+        on_snap, [parent, data, *sliders], sliders, api_name=False, show_progress="hidden", **RAW)  # sizes as built
     outputs_btn.click(on_outputs, [parent, prompt], [parent_out, child_out], api_name="outputs", **RAW)
     sweep_btn.click(on_sweep, [parent, data, depths, widths, heads, kv_heads, block_rule, neuron_rule, scale, score,
                                compensate],

@@ -70,10 +70,13 @@ def test_bundled_parent_end_to_end(client, tmp_path):
     assert parent_text.startswith("##### parent") and child_text.startswith("##### child") and parent_text != child_text
 
     figure, frame, csv, note = client.predict(**parent, depths="30, 20", widths="100, 75", heads=9, kv_heads=3,
-                                        block_rule="magnitude", neuron_rule="importance", scale=SCALE,
-                                        api_name="/sweep")
-    sweep = [dict(zip(frame["headers"], r)) for r in frame["data"]]
-    assert len(sweep) == 4 and open(csv).read().startswith("layers,hidden,ffn")
+                                              block_rule="magnitude", neuron_rule="importance", scale=SCALE,
+                                              api_name="/sweep")
+    import pandas as pd
+
+    sweep = pd.read_csv(csv).to_dict("records")  # the raw numbers; the page shows them formatted
+    assert len(sweep) == len(frame["data"]) == 4 and note == "4 of 4 children — done"
+    assert "held-out perplexity ↓" in frame["headers"]
     full = next(r for r in sweep if r["layers"] == 30 and r["hidden"] == 576)
     assert full["pareto"] and full["top1_agreement"] == 1.0  # the full shape is the parent itself
     assert all(r["perplexity"] > full["perplexity"] for r in sweep if r is not full)

@@ -18,6 +18,14 @@ VIEWS = ["1 · Parent & data", "2 · Anatomy", "3 · Design", "4 · Evaluate", "
          "8 · Learn"]
 
 
+def _page(browser, problems: list, width: int = 1400, height: int = 1000):
+    """A new page that reports any JavaScript or console error into `problems`."""
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.on("pageerror", lambda e: problems.append(f"JavaScript error: {e}"))
+    page.on("console", lambda m: problems.append(f"console error: {m.text}") if m.type == "error" else None)
+    return page
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Chromium is not installed (make test installs it)")
 def test_every_view_in_chromium(app_url, tmp_path):
@@ -28,9 +36,7 @@ def test_every_view_in_chromium(app_url, tmp_path):
     problems = []
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.on("pageerror", lambda e: problems.append(f"JavaScript error: {e}"))
-        page.on("console", lambda m: problems.append(f"console error: {m.text}") if m.type == "error" else None)
+        page = _page(browser, problems)
 
         def view(name, settle=0):
             page.get_by_role("tab", name=name).click()
@@ -137,8 +143,7 @@ def test_light_slider_moves_phone_and_dark_mode(app_url, tmp_path):
     problems = []
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.on("pageerror", lambda e: problems.append(f"JavaScript error: {e}"))
+        page = _page(browser, problems, 1280, 900)
         page.goto(app_url)
         page.get_by_role("button", name="Analyze").click()
         page.get_by_text("Calibrated on").wait_for(timeout=180_000)
@@ -160,8 +165,7 @@ def test_light_slider_moves_phone_and_dark_mode(app_url, tmp_path):
         print(f"slider move: {got[0]:,} bytes received")
 
         for theme, viewport in (("phone", {"width": 390, "height": 844}), ("dark", {"width": 1280, "height": 900})):
-            page = browser.new_page(viewport=viewport)
-            page.on("pageerror", lambda e: problems.append(f"JavaScript error: {e}"))
+            page = _page(browser, problems, **viewport)
             page.goto(app_url + ("?__theme=dark" if theme == "dark" else ""))
             tabs = page.get_by_role("tab")
             tabs.first.wait_for(timeout=30_000)
