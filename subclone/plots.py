@@ -245,6 +245,6 @@ def lesson_figure(result: dict) -> go.Figure:
     top = max(r["perplexity"] for r in rows)
     fig.update_yaxes(type="log", range=[0, math.log10(top) * 1.12])  # from 1, a perfect model: heights compare
     fig.add_hline(y=parent, line=dict(color=_FONT, dash="dash"), annotation_text=f"parent {parent:,.1f}",
-                  annotation_position="top left")
+                  annotation_position="bottom right", annotation_font=dict(color=_FONT))
     return _layout(fig, "Held-out perplexity before training (log scale; lower is better)", "", "perplexity",
                    height=380)
