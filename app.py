@@ -443,7 +443,7 @@ def _readable(frame: pd.DataFrame) -> pd.DataFrame:
     def show(column, v):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             return v
-        if "agreement" in column:
+        if "agree" in column:
             return f"{v:.1%}"
         return f"{v:,}" if isinstance(v, int) else f"{v:,.1f}" if abs(v) >= 100 else f"{v:.3g}"
     return frame.apply(lambda col: col.map(lambda v: show(col.name, v)))
@@ -513,7 +513,7 @@ with gr.Blocks(title="subclone") as demo:
             with gr.Row():
                 parent = gr.Dropdown(list(BUILTIN), value=DEFAULT_PARENT, allow_custom_value=True, label="Parent",
                                      info="a bundled parent or a hub id (online); local directories when whoever "
-                                          "runs the app allows them (SUBCLONE_ALLOW_LOCAL_PATHS=1)")
+                                          "runs the app allows them (an environment setting: see the README)")
                 data = gr.Textbox("builtin", label="Calibration text",
                                   info="builtin, an uploaded file (upload:name), or a datasets hub id (online)")
                 upload = gr.File(label="…or upload a text file", file_types=[".txt", ".md", ".jsonl", ".json", ".csv",

@@ -78,7 +78,9 @@ def test_every_view_in_chromium(app_url, tmp_path):
         view(VIEWS[4])
         page.get_by_label("depths (layers)").fill("30, 24")
         page.get_by_label("widths (% of hidden and ffn)").fill("100, 75")
-        page.get_by_role("button", name="Sweep", exact=True).click()
+        sweep = page.get_by_role("button", name=re.compile(r"^Sweep 4 children \(about .+\)$"))  # the estimate
+        sweep.wait_for(timeout=30_000)
+        sweep.click()
         page.get_by_text(re.compile(r"sweep-.*\.csv")).first.wait_for(timeout=180_000)  # the CSV comes last
         page.wait_for_timeout(1000)
         shot(VIEWS[4])
