@@ -45,6 +45,7 @@ Progress = Callable[[float, str], None]
 UPLOAD = "upload:"
 KEEP_EXPORTS = 2  # per session: older archives are deleted when a new one is written
 KEEP_HISTORY = 200
+TRAIN_BYTES_PER_PARAM = 16  # fp32 weights, gradients and AdamW's two moments, per initialization trained
 
 
 class Cancelled(SubcloneError):
@@ -644,8 +645,15 @@ class Workspace:
         inits = [inits] if isinstance(inits, str) else list(inits or [])
         if not inits or any(i not in INITS for i in inits):
             raise SubcloneError(f"choose initializations among {', '.join(INITS)}")
+        light = self.design(design, s, plan=False)  # the shape, before anything is measured or allocated
+        config = self.train_config(light.parent, steps, distill)
+        need = TRAIN_BYTES_PER_PARAM * describe(light.parent, light.shape)["params"] * len(inits) / 2**20
+        if need > self.limits.memory_mb:  # the inits train side by side: each holds weights, gradients and AdamW
+            raise SubcloneError(f"training {len(inits)} initialization(s) of this child side by side needs about "
+                                f"{need / 1024:.1f} GB (weights, gradients and AdamW state); this app allows "
+                                f"{self.limits.memory_mb / 1024:.1f} GB: choose fewer initializations or a smaller "
+                                "child")
         d = self.design(design, s, compute=True)
-        config = self.train_config(d.parent, steps, distill)
         records, box, pace = queue.Queue(), {}, Pace(config.steps * len(inits))
         with s.job("training") as job:
             def work():

@@ -234,3 +234,19 @@ def test_a_sweep_shows_each_child_as_it_finishes_and_stop_keeps_them(ws, tiny_di
     assert done == len(frame) < 8 and csv.read_text().count("\n") == len(frame) + 1
     assert not ws.session("gil").jobs
     assert ws.sweep_plan(design, "4, 3, 2, 1", "100, 50")[1] != seconds  # the estimate now follows what was timed
+
+
+def test_heal_refuses_what_would_not_fit_in_memory_before_allocating(ws, tiny_dir, tmp_path):
+    """The inits train side by side; their weights, gradients and AdamW state must fit the app's memory bound."""
+    from subclone.plan import describe
+
+    design = small(tiny_dir)
+    d = ws.design(design, plan=False)
+    one = 16 * describe(d.parent, d.shape)["params"] / 2**20  # MB for one init
+    tight = Workspace(dataclasses.replace(LOCAL, memory_mb=2.5 * one), tmp_path / "s")
+    events = tight.heal("hal", design, steps=2, inits=["subclone", "random"])
+    assert next(events)[0] in ("tick", "eval")  # two fit
+    events.close()
+    with pytest.raises(SubcloneError, match="3 initialization.* side by side needs about .* choose fewer"):
+        next(tight.heal("hal", design, steps=2, inits=["subclone", "uniform", "random"]))
+    assert not tight.session("hal").jobs
