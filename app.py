@@ -601,7 +601,7 @@ with gr.Blocks(title="subclone") as demo:
                         "initializations fit in a class; for real runs use the command line under `torchrun` (see "
                         "the README).")
             with gr.Row():
-                steps = gr.Number(12, label="steps (each initialization)", precision=0, minimum=1)
+                steps = gr.Number(lessons.CLASS_STEPS, label="steps (each initialization)", precision=0, minimum=1)
                 inits = gr.CheckboxGroup(list(INITS), value=["subclone", "random"], label="initializations")
                 distill = gr.Slider(0, 2, value=0, step=0.1, label="distillation weight (KL to the parent)")
             with gr.Row():
