@@ -2,7 +2,9 @@
 
 - refit: in every kept block whose FFN (or attention) is cut, the output projection is refit on the kept neurons
   (heads) so that its output matches the parent's in the least-squares sense: with G = aᵀa the Gram matrix of its
-  inputs a and K the kept ones, W_K = argmin ‖a_K W_K − a W‖² + λ‖W_K − W[K]‖².
+  inputs a and K the kept ones, W_K = argmin ‖a_K W_K − a W‖² + λ‖W_K − W[K]‖². When the residual width is cut,
+  every layer that reads the stream (q, k, v, gate, up; GPT-2's c_attn, c_fc) is refit the same way on the kept
+  residual dimensions of its normalized input, so the kept dimensions also carry what the removed ones told it.
 - depth: each run of removed blocks a..b is stood in for by a linear map T of the FFN output M of the kept block
   before it (as ReplaceMe, Shopkhoev et al., 2025): with Y the stream before M is added and h the stream leaving
   block b, T = argmin ‖M T − (h − Y)‖² + λ‖T − I‖², fused into that block's FFN output projection
@@ -18,13 +20,15 @@ from typing import Callable
 
 import torch
 
+from .arch import R
 from .data import Tokens
 from .errors import SubcloneError, shown
 
 Progress = Callable[[float, str], None]
 COMPENSATE = {
     "none": "no fitting: the kept weights as they are (the paper)",
-    "refit": "refit the output projection of each cut FFN and attention by least squares on calibration activations",
+    "refit": "refit the layers that read cut neurons, heads or residual dimensions by least squares on calibration "
+             "activations",
     "depth": "replace each run of removed blocks by a least-squares linear map fused into the block before it",
     "all": "both: refit and depth maps",
 }
@@ -63,6 +67,13 @@ def _solve(gram: torch.Tensor, rhs: torch.Tensor, prior: torch.Tensor) -> torch.
     return torch.linalg.solve(gram + ridge * eye, rhs.double() + ridge * prior.double()).float()
 
 
+def residual_reads(family) -> list[str]:
+    """The modules of a block that read the residual stream: weights whose fan-in axis is the residual."""
+    fan_in = 0 if family.weights_in_out else 1
+    return sorted({key.rsplit(".", 1)[0] for key, axes in family.block.items()
+                   if key.endswith(".weight") and len(axes) == 2 and axes[fan_in] == R})
+
+
 def _heads_dims(heads: list[int], head_dim: int) -> list[int]:
     return [h * head_dim + d for h in heads for d in range(head_dim)]
 
@@ -84,15 +95,21 @@ def fit(parent, plan, tokens: Tokens, method: str, progress: Progress | None = N
                 refit[(i, fam.ffn_input)] = ffn
             if len(heads) < shape.heads:
                 refit[(i, fam.heads_input)] = _heads_dims(heads, shape.head_dim)
+            if len(plan.residual) < shape.hidden:
+                refit.update({(i, m): plan.residual for m in residual_reads(fam)})
     if not runs and not refit:
         return {}
     blocks = parent.model.get_submodule(fam.layers)
-    stats, seen = {}, {}
+    stats, seen, grams = {}, {}, {}
 
     def input_hook(key):
         def hook(_, args, output):
-            a = args[0].flatten(0, 1).float()
-            stats[key] = stats.get(key, 0) + a.T @ a
+            a = args[0]  # q, k and v (gate and up) read one tensor: its Gram matrix is computed once a batch
+            memo = (key[0], a.data_ptr(), tuple(a.shape))  # the tensor is held below, so its memory is not reused
+            if memo not in grams:
+                flat = a.flatten(0, 1).float()
+                grams[memo] = (a, flat.T @ flat)
+            stats[key] = stats.get(key, 0) + grams[memo][1]
         return hook
 
     def output_hook(key):
@@ -115,6 +132,7 @@ def fit(parent, plan, tokens: Tokens, method: str, progress: Progress | None = N
                 stats[("mm", p)] = stats.get(("mm", p), 0) + m.T @ m
                 stats[("mr", p)] = stats.get(("mr", p), 0) + m.T @ r
             seen.clear()
+            grams.clear()
     finally:
         for h in handles:
             h.remove()

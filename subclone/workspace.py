@@ -450,7 +450,7 @@ class Workspace:
     def fits(self, parent: Parent, text: Text, plan: Plan, progress: Progress | None = None) -> dict:
         """A compensated plan's fits, run on the calibration windows once per parent, text and kept structure, and
         kept with the parents (bounded), so a rebuild, an export or a sweep of the same child does not refit."""
-        key = ("fits", parent.fingerprint, text.digest, plan.compensate, tuple(plan.layers),
+        key = ("fits", parent.fingerprint, text.digest, plan.compensate, tuple(plan.layers), tuple(plan.residual),
                tuple(map(tuple, plan.ffn)), tuple(map(tuple, plan.heads)))
         return self._once(key, lambda: fit(parent, plan, self.calibration(parent, text), plan.compensate, progress),
                           heavy=True)

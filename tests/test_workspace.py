@@ -185,8 +185,10 @@ def test_the_fits_run_once_per_kept_structure(ws, tiny_dir, monkeypatch):
     assert len(calls) == 1
     ws.build("alice", dataclasses.replace(design, ffn=16))
     assert len(calls) == 2
+    ws.build("alice", dataclasses.replace(design, hidden=28))  # other residual dimensions: the reads are refit
+    assert len(calls) == 3
     ws.child(first)  # the first shape's fits are still kept
-    assert len(calls) == 2
+    assert len(calls) == 3
 
 
 def test_heal_stopped_early_keeps_a_curve_for_every_initialization(ws, tiny_dir):
