@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/quality.py [--steps 20] [--smoke]     # prints markdown (make bench puts it in RESULTS.md)
 
-- Calibration: the built-in text's calibration split, 16 × 256 tokens: the same windows for every method that
-  calibrates (subclone's importance and fits, ShortGPT, OptiPFair, short-transformers).
+- Calibration: the built-in text's calibration split, 32 × 256 tokens: the same windows for every method that
+  calibrates (ShortGPT, OptiPFair, short-transformers, and subclone's fits; subclone measures importance on the
+  first 16, as the app does).
 - Held out: the license texts Debian ships in /usr/share/common-licenses (legal English, another domain than the
   built-in text), 16 × 256 tokens, the same windows for every child.
 - Recovery: the same 20 steps for every child (AdamW, lr 1e-4, batches of 4 × 128 tokens of the calibration split,
@@ -146,11 +147,11 @@ def main():
     parent = ws.parent("smollm2-135m")
     text = ws.text("builtin")
     n = 2 if args.smoke else 16
-    cal = parent.tokenize(text.calibration, 256, n, "calibration")
+    cal = parent.tokenize(text.calibration, 256, 2 * n, "calibration")  # the first n are importance's (see above)
     held = parent.tokenize(held_out_text(), 256, n, "licenses")
     ref = reference(parent.model, held, "causal-lm", speed=False)
     t = time.perf_counter()
-    imp = measure(parent, cal)
+    imp = measure(parent, parent.tokenize(text.calibration, 256, n, "calibration"))
     ctx = dict(cal=cal, imp=imp, importance_seconds=time.perf_counter() - t,
                train=parent.tokenize(text.calibration, 128, 10**9, "training"),
                train_eval=parent.tokenize(text.held_out, 128, 4, "held-out"))

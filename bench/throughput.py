@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from subclone import Limits, Workspace  # noqa: E402
 from subclone.evaluate import compare_lm, reference  # noqa: E402
-from subclone.importance import measure  # noqa: E402
+from subclone.importance import calibration, measure  # noqa: E402
 from subclone.plan import count, is_tied  # noqa: E402
 
 
@@ -44,7 +44,7 @@ def main():
     ws = Workspace(Limits.local())
     parent = ws.parent("smollm2-135m")
     text = ws.text("builtin")
-    tokens = ws.calibration(parent, text)
+    tokens = calibration(parent, text)  # what importance is measured on
     model = parent.model
 
     @torch.no_grad()

@@ -298,9 +298,9 @@ def compare_inits(parent, importance, shape, inits, config: TrainConfig, data: s
     train_tokens, eval_tokens = text_tokens(parent, data, config.seq_len)
     calibration = None
     if plan_options.get("compensate", "none") != "none":
-        from .importance import calibration as calibration_windows
+        from .compensate import windows
 
-        calibration = calibration_windows(parent, data)
+        calibration = windows(parent, data)
     runs = {}
     for init in inits:
         child, plan = init_child(parent, importance, shape, init, seed=config.seed, calibration=calibration,

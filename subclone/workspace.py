@@ -30,10 +30,10 @@ from .clone import build
 from .data import TEXT_SUFFIXES, Text, load, read_file
 from .errors import SubcloneError, shown
 from .evaluate import Reference, evaluate, generate, held_out, paired_speed, reference, similarities
-from .importance import Importance, analyze, calibration, drop_one
+from .importance import Importance, analyze, drop_one
 from .limits import Limits, float_arg, int_arg, text_arg
 from .parents import BUILTIN, DEFAULT_PARENT, Parent, load_parent
-from .compensate import COMPENSATE, fit
+from .compensate import COMPENSATE, fit, windows
 from .importance import cache_path
 from .plan import (NEURON_RULES, PRESETS, SCALE_GROUPS, SCORES, Plan, check_block_rule, choose_layers, describe,
                    make_plan, snap_shape)
@@ -444,8 +444,9 @@ class Workspace:
             imp.save(cache_path(parent, text))
 
     def calibration(self, parent: Parent, text: Text):
-        """The calibration windows (the ones importance was measured on), for the fits of a compensated plan."""
-        return calibration(parent, text)
+        """The calibration windows the fits of a compensated plan use (the first 16 are the ones importance was
+        measured on; the block search reads the first 2)."""
+        return windows(parent, text)
 
     def fits(self, parent: Parent, text: Text, plan: Plan, progress: Progress | None = None) -> dict:
         """A compensated plan's fits, run on the calibration windows once per parent, text and kept structure, and

@@ -30,11 +30,11 @@ def test_clone_then_eval_on_a_local_parent(tmp_path, tiny_dir):
     card = (out / "README.md").read_text()  # a model card comes with it
     assert "| block rule | middle |" in card and "AutoModelForCausalLM.from_pretrained" in card
     from subclone import Plan, build, load_parent  # subclone.json is a plan: it rebuilds the same child
-    from subclone.data import load
+    from subclone.compensate import windows
 
     parent = load_parent(str(tiny_dir))  # with the fits of its compensation, made on the same calibration text
     assert record["compensate"] == "all" and record["data"] == "builtin"
-    rebuilt = build(parent, Plan.from_dict(record), parent.tokenize(load("builtin").calibration, 256, 16, "cal"))
+    rebuilt = build(parent, Plan.from_dict(record), windows(parent, record["data"]))
     x = torch.randint(0, 300, (1, 12))
     assert torch.equal(rebuilt(x).logits, child.eval()(x).logits)
     result = cli("eval", "--model", str(out), "--json")
