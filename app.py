@@ -559,7 +559,7 @@ with gr.Blocks(title="subclone") as demo:
                                          "read each FFN neuron")
                 compensate = gr.Dropdown(list(COMPENSATE), value=PRESETS["best"]["compensate"], label="compensation",
                                          info="none = the paper; refit / depth: least-squares fits on calibration "
-                                              "text, a few seconds at Build")
+                                              "text, 10–25 s at Build for a new shape, then cached")
             rules_help = gr.Markdown(_rules_help(PRESETS["best"]["block_rule"], PRESETS["best"]["compensate"]),
                                      elem_classes="caption")
             readout = gr.Markdown()

@@ -201,6 +201,20 @@ NOTES = """### Notes on these tables
   head, folding the final norm into a rotated LM head unties them, and the untied child would carry a second
   49,152 × 432 matrix (21 M parameters), more than the cut saves.
 - Rows marked failed are peers that could not make the cut, with their own error.
+- Peak MB is resident memory above what the process held before; memory freed by earlier methods is reused, so a 0
+  means the method fit in what the process already held.
+- Where a goal is missed: with 6 heads / 2 KV nothing but the output projection reads a removed head, and it is
+  refit already; what is lost is in the attention patterns, which no linear fit of the kept weights brings back.
+  After training at depth 20 the search without depth maps ends lower than the default: the maps bend the down
+  projections of the blocks before each cut, and 20 steps start from there.
+- Tried on the built-in held-out split and not adopted (perplexity there, default first): keeping the residual
+  dimensions that best predict the others (pivoted Cholesky of the summed input Gram matrices), hidden 432 49.5
+  against 62.9 and 24 / 504 / 1280 44.9 against 50.2; refitting the block after each removed run on the child's own
+  inputs, depth 20 45.5 against 46.4–49.4; fitting each depth map on the kept residual dimensions only, 44.9 against
+  45.2. The angular span with depth maps beats the search at 24 layers (23.7 against 24.6) and collapses at 20 (570
+  against 45.5), while the search has the lower uncompensated KL at every depth (0.66 against 0.72 at 24), so KL
+  cannot choose between them; choosing by the compensated loss would need a fit per candidate. 64 fit windows
+  instead of 32 lower it a further 3–7 % but double the fit time (up to 44 s for a new shape).
 """
 
 
