@@ -41,10 +41,7 @@ def _indices(axis, plan: Plan, j: int | None, parent_heads: int, head_dim: int) 
 def _scale_group(family, key: str, axes) -> str | None:
     if key in family.embeddings or key == family.lm_head:
         return "embed"
-    if len(axes) != 2:
-        return None  # norms and biases are sliced, never scaled
-    fan_in = axes[0] if family.weights_in_out else axes[1]
-    return {R: "residual", F: "ffn", Q: "attn"}.get(fan_in)
+    return {R: "residual", F: "ffn", Q: "attn"}.get(family.fan_in(axes))  # norms and biases: never scaled
 
 
 def slice_state(parent: Parent, plan: Plan, fitted: dict | None = None) -> dict[str, torch.Tensor]:

@@ -77,9 +77,8 @@ def _solve(gram: torch.Tensor, rhs: torch.Tensor, prior: torch.Tensor) -> torch.
 
 def residual_reads(family) -> list[str]:
     """The modules of a block that read the residual stream: weights whose fan-in axis is the residual."""
-    fan_in = 0 if family.weights_in_out else 1
     return sorted({key.rsplit(".", 1)[0] for key, axes in family.block.items()
-                   if key.endswith(".weight") and len(axes) == 2 and axes[fan_in] == R})
+                   if key.endswith(".weight") and family.fan_in(axes) == R})
 
 
 def _heads_dims(heads: list[int], head_dim: int) -> list[int]:

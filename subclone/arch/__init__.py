@@ -48,6 +48,10 @@ class Family:
     head_dim_from_hidden: bool = False  # config derives head_dim = hidden / heads (no head_dim field)
     defaults: dict = field(default_factory=dict)  # config attribute -> value when the config says None
 
+    def fan_in(self, axes: tuple):
+        """What the input axis of a weight carries (None for anything but a 2-D weight)."""
+        return (axes[0] if self.weights_in_out else axes[1]) if len(axes) == 2 else None
+
     def locate(self, key: str) -> tuple[int | None, str, tuple]:
         """(block index or None, key inside the block, axes) of a state-dict key; unknown keys fail loudly."""
         prefix = self.layers + "."
