@@ -25,6 +25,7 @@ from subclone.limits import return_large_allocations
 from subclone.limits import Limits
 from subclone.parents import BUILTIN, DEFAULT_PARENT
 from subclone.compensate import COMPENSATE
+from subclone.rotate import BASES
 from subclone.plan import (BLOCK_RULE_HELP, DEFAULT_SCALE, NEURON_RULES, PRESETS, SCALE_GROUPS, SCORES,
                            can_merge)
 from subclone.train import INITS, verdict
@@ -85,26 +86,27 @@ def adapter(fn):
 
 def _design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule=PRESETS["best"]["block_rule"],
             neuron_rule="importance", scale=(), score=PRESETS["best"]["score"],
-            compensate=PRESETS["best"]["compensate"]) -> Design:
+            compensate=PRESETS["best"]["compensate"], basis=PRESETS["best"]["basis"]) -> Design:
     """The widgets' values as one Design; a missing slider value is an error, not 'the parent's size'."""
     for name, value in zip(SLIDERS, (layers, hidden, ffn, heads, kv_heads)):
         if value is None:
             raise SubcloneError(f"{name} must be a number, got nothing")
     return Design.of(WS.limits, parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale,
-                     score, compensate)
+                     score, compensate, basis)
 
 
 def on_preset(name):
     """The preset's rules into the dropdowns (each can still be changed by hand)."""
     chosen = PRESETS.get(name, PRESETS["best"])
-    return chosen["block_rule"], chosen["neuron_rule"], chosen["score"], chosen["compensate"]
+    return chosen["block_rule"], chosen["neuron_rule"], chosen["score"], chosen["compensate"], chosen["basis"]
 
 
-def _rules_help(block_rule, compensate) -> str:
-    """One line on what the chosen block rule and compensation do."""
+def _rules_help(block_rule, compensate, basis="dims") -> str:
+    """One line each on what the chosen block rule, compensation and residual basis do."""
     rule = BLOCK_RULE_HELP.get(block_rule, "the blocks listed") if isinstance(block_rule, str) else ""
     fit = COMPENSATE.get(compensate, "") if isinstance(compensate, str) else ""
-    return f"**block rule:** {rule}  \n**compensation:** {fit}"
+    turn = BASES.get(basis, "") if isinstance(basis, str) else ""
+    return f"**block rule:** {rule}  \n**compensation:** {fit}  \n**residual basis:** {turn}"
 
 
 def _human(n: int) -> str:
@@ -167,10 +169,12 @@ def on_warm(parent, data, request: gr.Request):
 
 # ---- 2. anatomy and 3. design --------------------------------------------------------------------
 
-def on_preview(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, request: gr.Request):
+def on_preview(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, basis=PRESETS["best"]["basis"],
+               request: gr.Request = None):
     """The live readout: sizes from the spec alone, no model built. Must stay well under 50 ms."""
     try:
-        d, size, kept = WS.preview(_design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule),
+        d, size, kept = WS.preview(_design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule,
+                                           basis=basis),
                                    WS.session(_sid(request)))
     except SubcloneError as e:
         return f"⚠️ {e}", plots.block_strip(0, None, "No blocks to show until the design above is fixed.")
@@ -189,7 +193,7 @@ FIGURE_TABS = {"anatomy": range(5), "design": range(5, 7)}  # positions of each 
 
 
 def on_design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale, score, compensate,
-              tab, request: gr.Request):
+              basis, tab, request: gr.Request):
     """Redraw the figures of the visible tab (Anatomy or Design) with what the current child drops greyed out; the
     other tab's figures are drawn when it opens, at their real size, and nothing is sent for tabs nobody sees."""
     shown = FIGURE_TABS.get(tab, ())
@@ -197,7 +201,7 @@ def on_design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, ne
         return [gr.skip()] * 7
     try:
         d = WS.design(_design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale,
-                              score, compensate),
+                              score, compensate, basis),
                       WS.session(_sid(request)))
     except SubcloneError:
         return [gr.skip()] * 7  # the readout already says what is wrong
@@ -225,9 +229,9 @@ def on_snap(parent, data, layers, hidden, ffn, heads, kv_heads, request: gr.Requ
 
 @adapter
 def on_drop_one(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale, score, compensate,
-                request: gr.Request, progress=gr.Progress()):
+                basis, request: gr.Request, progress=gr.Progress()):
     design = _design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale,
-                     score, compensate)
+                     score, compensate, basis)
     d, scores = WS.drop_one(_sid(request), design, progress=_gradio_progress(progress))
     return plots.blocks_chart(d.importance, scores, d.plan, d.parent.family.kind)
 
@@ -281,9 +285,9 @@ def build_verdict_text(r: dict) -> str:
 
 @adapter
 def on_build(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale, score, compensate,
-             request: gr.Request, progress=gr.Progress()):
+             basis, request: gr.Request, progress=gr.Progress()):
     design = _design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale,
-                     score, compensate)
+                     score, compensate, basis)
     _, r = WS.build(_sid(request), design, progress=_gradio_progress(progress))
     return build_verdict_text(r), results_table(r), history_frame(WS.session(_sid(request)).history)
 
@@ -320,10 +324,10 @@ def on_outputs(parent, prompt, request: gr.Request):
 
 @adapter
 def on_sweep(parent, data, depths, widths, heads, kv_heads, block_rule, neuron_rule, scale, score, compensate,
-             request: gr.Request, progress=gr.Progress()):
+             basis=PRESETS["best"]["basis"], request: gr.Request = None, progress=gr.Progress()):
     """The sweep as it goes: the figure and the table grow with each child; Stop keeps what was measured."""
     design = Design.of(WS.limits, parent, data, None, None, None, heads, kv_heads, block_rule, neuron_rule, scale,
-                       score, compensate)
+                       score, compensate, basis)
     for frame, csv, (done, total) in WS.sweeping(_sid(request), design, depths, widths,
                                                  progress=_gradio_progress(progress)):
         figure = plots.pareto_chart(frame) if len(frame) else gr.skip()
@@ -358,10 +362,10 @@ def on_sweep_estimate(parent, data, depths, widths, heads, kv_heads, block_rule,
 
 @adapter
 def on_export(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale, score, compensate,
-              hub_repo="",
+              basis, hub_repo="",
               hub_token="", request: gr.Request = None, progress=gr.Progress()):
     design = _design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale,
-                     score, compensate)
+                     score, compensate, basis)
     archive, card, url = WS.export(_sid(request), design, hub_repo, hub_token, progress=_gradio_progress(progress))
     status = _archive_status(archive) + (f"  \nPushed to the Hub: {url}" if url else "")
     return str(archive), status, _card_preview(card)
@@ -387,11 +391,11 @@ def _duration(seconds: float) -> str:
 
 @adapter
 def on_heal(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale, score, compensate,
-            steps, inits, distill, request: gr.Request):
+            basis, steps, inits, distill, request: gr.Request):
     """Train the designed child from each chosen init, one step of each in turn, streaming the loss curves into a
     frame as wide as the run; Stop ends every run at the same step."""
     design = _design(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale,
-                     score, compensate)
+                     score, compensate, basis)
     histories = {i: [] for i in inits or []}
     total = int(steps) if isinstance(steps, (int, float)) and steps == steps and 0 < steps < 10**9 else None
     yield plots.curves(histories, total), "building the children and evaluating them before training…", gr.skip()
@@ -435,7 +439,7 @@ def _lesson_outputs(key: str, result: dict):
     d = result["design"]
     return (head, plots.lesson_figure(result), result["conclusion"], _readable(pd.DataFrame(result["table"])), key,
             d["layers"], d["hidden"], d["ffn"], d["heads"], d["kv_heads"], d["block_rule"], d["neuron_rule"],
-            list(d["scale"]), d["score"], d["compensate"], gr.Button(interactive=True))
+            list(d["scale"]), d["score"], d["compensate"], d.get("basis", "dims"), gr.Button(interactive=True))
 
 
 def _readable(frame: pd.DataFrame) -> pd.DataFrame:
@@ -560,7 +564,11 @@ with gr.Blocks(title="subclone") as demo:
                 compensate = gr.Dropdown(list(COMPENSATE), value=PRESETS["best"]["compensate"], label="compensation",
                                          info="none = the paper; refit / depth: least-squares fits on calibration "
                                               "text, 10–25 s at Build for a new shape, then cached")
-            rules_help = gr.Markdown(_rules_help(PRESETS["best"]["block_rule"], PRESETS["best"]["compensate"]),
+                basis = gr.Dropdown(list(BASES), value=PRESETS["best"]["basis"], label="residual basis",
+                                    info="dims = the paper; principal = the stream's principal directions "
+                                         "(SliceGPT-style): better when hidden is cut, but unties a tied LM head")
+            rules_help = gr.Markdown(_rules_help(PRESETS["best"]["block_rule"], PRESETS["best"]["compensate"],
+                                                 PRESETS["best"]["basis"]),
                                      elem_classes="caption")
             readout = gr.Markdown()
             strip = gr.HTML()
@@ -641,11 +649,12 @@ with gr.Blocks(title="subclone") as demo:
             gr.Markdown(LEARN)
 
     tab = gr.State("parent")  # the tab on screen: only its figures are drawn
-    design_in = [parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale, score, compensate]
+    design_in = [parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale, score, compensate,
+                 basis]
     figures_in = [*design_in, tab]
     sliders = [layers, hidden, ffn, heads, kv_heads]
     anatomy = [fig_residual, fig_consistency, fig_heads, fig_ffn, fig_blocks, design_heads, design_residual]
-    preview_in = [parent, data, *sliders, block_rule]
+    preview_in = [parent, data, *sliders, block_rule, basis]
 
     # Our own checks (Design.of) read the widgets' raw values, so a malformed API value (None, a list, text for a
     # number) gets one clear line instead of Gradio's generic error.
@@ -655,17 +664,19 @@ with gr.Blocks(title="subclone") as demo:
         on_preview, preview_in, [readout, strip], api_name=False, **RAW).then(
         on_design, figures_in, anatomy, api_name=False, **RAW).then(
         on_warm, [parent, data], None, api_name=False, show_progress="hidden", **RAW)
-    gr.on([w.change for w in (*sliders, block_rule)], on_preview, preview_in, [readout, strip],
+    gr.on([w.change for w in (*sliders, block_rule, basis)], on_preview, preview_in, [readout, strip],
           api_name="preview", show_progress="hidden", trigger_mode="always_last", **RAW)
-    preset.change(on_preset, preset, [block_rule, neuron_rule, score, compensate], api_name=False,
+    preset.change(on_preset, preset, [block_rule, neuron_rule, score, compensate, basis], api_name=False,
                   show_progress="hidden")
-    gr.on([block_rule.change, compensate.change], _rules_help, [block_rule, compensate], rules_help, api_name=False,
+    gr.on([block_rule.change, compensate.change, basis.change], _rules_help, [block_rule, compensate, basis],
+          rules_help, api_name=False,
           show_progress="hidden")
     for w in sliders:  # figures on release only: dragging sends the readout and the strip, a few KB
         w.release(on_snap, [parent, data, *sliders], sliders, api_name=False, show_progress="hidden",
                   trigger_mode="always_last", **RAW).then(
             on_design, figures_in, anatomy, api_name=False, show_progress="hidden", trigger_mode="always_last", **RAW)
-    gr.on([block_rule.change, neuron_rule.change, scale.change, score.change, compensate.change], on_design,
+    gr.on([block_rule.change, neuron_rule.change, scale.change, score.change, compensate.change, basis.change],
+          on_design,
           figures_in, anatomy, api_name=False, show_progress="hidden", trigger_mode="always_last", **RAW)
     for name, t in dict(parent=tab_parent, anatomy=tab_anatomy, design=tab_design, evaluate=tab_evaluate,
                         tradeoffs=tab_tradeoffs, heal=tab_heal, export=tab_export, learn=tab_learn).items():
@@ -680,7 +691,7 @@ with gr.Blocks(title="subclone") as demo:
         on_snap, [parent, data, *sliders], sliders, api_name=False, show_progress="hidden", **RAW)  # sizes as built
     outputs_btn.click(on_outputs, [parent, prompt], [parent_out, child_out], api_name="outputs", **RAW)
     sweep_btn.click(on_sweep, [parent, data, depths, widths, heads, kv_heads, block_rule, neuron_rule, scale, score,
-                               compensate],
+                               compensate, basis],
                     [fig_pareto, sweep_table, sweep_csv, sweep_note], api_name="sweep", show_progress_on=[fig_pareto],
                     **RAW)
     sweep_stop.click(on_stop, None, sweep_note, api_name=False)
@@ -691,7 +702,7 @@ with gr.Blocks(title="subclone") as demo:
                    api_name="heal", **RAW)
     stop_btn.click(on_stop, None, heal_status, api_name="stop")
     lesson_out = [lesson_head, lesson_fig, lesson_text, lesson_table, lesson_key, *sliders, block_rule, neuron_rule,
-                  scale, score, compensate, rerun_btn]
+                  scale, score, compensate, basis, rerun_btn]
     for key, btn in lesson_btns.items():
         btn.click(lesson_button(key), [parent, data], lesson_out, api_name=f"lesson_{key}", **RAW)
     rerun_btn.click(on_lesson_live, [lesson_key, parent, data], lesson_out, api_name="lesson_live", **RAW)

@@ -39,6 +39,8 @@ def _shape_flags(p):
                    help="importance (the paper), uniform (weight selection), first, random")
     p.add_argument("--score", help="what ranks FFN neurons and heads: activation (the paper) or activation-weight")
     p.add_argument("--compensate", help="least-squares fits on calibration text: none (the paper), refit, depth, all")
+    p.add_argument("--basis", help="the residual width is cut in: dims (the parent's own dimensions) or principal "
+                                   "(the stream's principal directions on calibration text; unties a tied LM head)")
     p.add_argument("--no-scale", action="store_true", help="do not rescale sliced weights by sqrt(d/d')")
     p.add_argument("--seed", type=int, default=0, help="for the random neuron rule")
 
@@ -105,11 +107,12 @@ def _design(ws, args):
     from .workspace import Design
 
     chosen = {**PRESETS[args.preset], **{k: v for k, v in (("block_rule", args.block_rule), ("score", args.score),
-                                                            ("compensate", args.compensate)) if v is not None}}
+                                                            ("compensate", args.compensate), ("basis", args.basis))
+                                                if v is not None}}
     return Design.of(ws.limits, args.parent, args.data, args.layers, args.hidden, args.ffn, args.heads, args.kv_heads,
                      chosen["block_rule"], args.neuron_rule, () if args.no_scale else tuple(k for k, on in
                                                                                             DEFAULT_SCALE.items() if on),
-                     chosen["score"], chosen["compensate"])
+                     chosen["score"], chosen["compensate"], chosen["basis"])
 
 
 def cmd_analyze(args) -> dict:
@@ -154,7 +157,7 @@ def cmd_clone(args) -> dict:
     if args.seed and design.neuron_rule == "random":
         d = replace(d, plan=make_plan(parent, d.importance, d.shape, block_rule=design.block_rule,
                                       neuron_rule=design.neuron_rule, scale=design.scale_choice, seed=args.seed,
-                                      score=design.score, compensate=design.compensate))
+                                      score=design.score, compensate=design.compensate, basis=d.plan.basis))
     plan, text = d.plan, d.text
     child = ws.child(d, progress=_stderr_progress)
     write(child, parent.tokenizer, plan, args.out, model_card(parent, child, plan, text),
@@ -162,7 +165,7 @@ def cmd_clone(args) -> dict:
     return dict(out=args.out, parent=parent.name, shape=plan.shape.to_dict(), layers=plan.layers,
                 params=plan.params, parent_params=parent.model.num_parameters(),
                 flops_per_token=plan.flops_per_token, block_rule=plan.block_rule, neuron_rule=plan.neuron_rule,
-                scale=plan.scale, score=plan.score, compensate=plan.compensate)
+                scale=plan.scale, score=plan.score, compensate=plan.compensate, basis=plan.basis)
 
 
 def cmd_eval(args) -> dict:
@@ -224,10 +227,12 @@ def cmd_train(args) -> dict | None:
                           heads=args.heads, kv_heads=args.kv_heads)
     text = ws.text(design.data)
     imp, rules = None, dict(block_rule=design.block_rule, neuron_rule=design.neuron_rule,
-                            scale=design.scale_choice, score=design.score, compensate=design.compensate)
+                            scale=design.scale_choice, score=design.score, compensate=design.compensate,
+                            basis=design.basis)
     if args.init != "random":
         imp = ws.design(design, compute=True, progress=_stderr_progress, plan=False).importance  # runs the search
-    calibration = ws.calibration(parent, text) if args.init == "subclone" and design.compensate != "none" else None
+    fitted = design.compensate != "none" or rules["basis"] != "dims"
+    calibration = ws.calibration(parent, text) if args.init == "subclone" and fitted else None
     child, plan = init_child(parent, imp, shape, args.init, seed=args.seed, calibration=calibration, **rules)
     train_tokens, eval_tokens = text_tokens(parent, text, args.seq_len)
     child, result = train(child, train_tokens, eval_tokens, config, init=args.init,

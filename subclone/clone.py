@@ -16,6 +16,7 @@ from .compensate import fit
 from .errors import SubcloneError
 from .parents import Parent, new_model
 from .plan import Plan
+from .rotate import rotated
 
 
 def _heads_to_dims(heads: list[int], head_dim: int) -> torch.Tensor:
@@ -78,8 +79,17 @@ def slice_state(parent: Parent, plan: Plan, fitted: dict | None = None) -> dict[
 
 def build(parent: Parent, plan: Plan, calibration=None, progress=None, fitted: dict | None = None) -> torch.nn.Module:
     """The child as a plain transformers model, in eval mode. A plan with compensation fits it first, on the
-    calibration tokens (compensate.fit: seconds, with progress), unless `fitted` gives those fits already."""
+    calibration tokens (compensate.fit: seconds, with progress), unless `fitted` gives those fits already; a plan in
+    principal directions rotates the parent first (rotate.rotated), unless `parent` is rotated already."""
     family = parent.family
+    if plan.basis != "dims" and not parent.basis:
+        if calibration is None:
+            raise SubcloneError("the plan keeps principal directions of the residual stream, measured on calibration "
+                                "text: pass the calibration tokens")
+        parent = rotated(parent, calibration)
+    if bool(parent.basis) != (plan.basis != "dims"):
+        raise SubcloneError(f"the plan's residual basis is '{plan.basis}' but the parent given is "
+                            f"{'rotated' if parent.basis else 'not rotated'}")
     config = family.child_config(parent.config, plan.shape, plan.layers)
     if fitted is None and plan.compensate != "none":
         if calibration is None:

@@ -91,7 +91,8 @@ def model_card(parent, child, plan, data, metrics: dict | None = None, training:
         lines += [f"| FLOPs / token | {plan.flops_per_token:,} |", f"| block rule | {plan.block_rule} |",
                   f"| neuron rule | {plan.neuron_rule} |", f"| neuron score | {plan.score} |",
                   f"| weight scaling √(d/d′) | {scale} |",
-                  f"| compensation (least-squares fits on the calibration text) | {plan.compensate} |"]
+                  f"| compensation (least-squares fits on the calibration text) | {plan.compensate} |",
+                  f"| residual basis | {plan.basis} |"]
     lines += [f"| calibration text | {data} |", ""]
     if metrics:
         lines += [f"## Evaluation (held-out split of the calibration text, {'after' if training else 'no'} training)",

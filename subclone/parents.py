@@ -46,6 +46,7 @@ class Parent:
     tokenizer: object
     family: Family
     source: str  # the directory or hub id the weights came from
+    basis: str = ""  # "": its own residual dimensions; else a digest of the principal directions it is rotated to
 
     @property
     def config(self):
@@ -85,7 +86,7 @@ class Parent:
         time and safetensors header (new weights in the same folder get a new fingerprint)."""
         files = sorted(Path(self.source).glob("*.safetensors")) if Path(self.source).is_dir() else []
         weights = [(f.name, f.stat().st_size, f.stat().st_mtime_ns, _header_digest(f)) for f in files]
-        blob = json.dumps([self.source, self.config.to_dict(), weights], sort_keys=True, default=str)
+        blob = json.dumps([self.source, self.config.to_dict(), weights, self.basis], sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -16,6 +16,8 @@ import torch
 
 from .arch import F, KV, Q, QKV, R, Family, Shape
 from .compensate import COMPENSATE
+from .rotate import BASES
+from .rotate import applies as rotate_applies
 from .errors import SubcloneError, shown
 from .importance import Importance
 
@@ -277,6 +279,11 @@ def is_tied(model) -> bool:
     return out is not None and out.weight is model.get_input_embeddings().weight
 
 
+def stays_tied(model, basis: str = "dims") -> bool:
+    """Whether a child in this basis shares its embeddings and LM head: a rotated stream unties them (rotate.py)."""
+    return is_tied(model) and basis == "dims"
+
+
 # ---- plans ---------------------------------------------------------------------------------------
 
 @dataclass
@@ -295,6 +302,7 @@ class Plan:
     score: str = "activation"
     kv_merge: int = 1  # each run of this many kept parent KV heads is averaged into one child KV head
     compensate: str = "none"  # compensate.COMPENSATE: least-squares fits applied when the child is built
+    basis: str = "dims"  # rotate.BASES: the parent's residual dimensions, or its principal directions
     seed: int = 0
     params: int = 0
     flops_per_token: int = 0
@@ -349,30 +357,40 @@ def _select_heads(scores, parent: Shape, shape: Shape, rule, gen) -> tuple[list[
 
 def make_plan(parent, importance: Importance, shape: Shape, block_rule: str = "magnitude",
               neuron_rule: str = "importance", scale=None, seed: int = 0, score: str = "activation",
-              compensate: str = "none") -> Plan:
-    """Which blocks, residual dims, FFN neurons and heads the child keeps (the paper's rules unless told)."""
+              compensate: str = "none", basis: str = "dims") -> Plan:
+    """Which blocks, residual dims (or principal directions), FFN neurons and heads the child keeps (the paper's
+    rules unless told)."""
     family, pshape = parent.family, parent.shape
     rule = _rule(NEURON_RULES, neuron_rule, "neuron rule")
     _rule(SCORES, score, "neuron score")
     _rule(COMPENSATE, compensate, "compensation")
     if compensate != "none" and family.kind != "causal-lm":
         raise SubcloneError(f"compensation fits a causal LM's block outputs; {parent.name} is a {family.kind}")
+    _rule(BASES, basis, "residual basis")
+    if basis == "principal" and not rotate_applies(family):
+        raise SubcloneError(f"the principal-directions basis needs a pre-RMSNorm causal LM (the Llama family); "
+                            f"{parent.name} is {family.name}: use the basis 'dims'")
     gen = torch.Generator().manual_seed(seed)
     layers = choose_layers(importance, shape.layers, block_rule)
-    residual = rule(importance.residual_ranking, shape.hidden, gen).sort().values.tolist()
+    # in principal directions (rotate.py) the coordinates come by decreasing variance: they rank themselves
+    ranking = torch.arange(pshape.hidden, 0, -1).float() if basis == "principal" else importance.residual_ranking
+    residual = rule(ranking, shape.hidden, gen).sort().values.tolist()
     scores = {i: neuron_scores(parent, importance, i, score) for i in layers}
     ffn = [rule(scores[i][0], shape.ffn, gen).sort().values.tolist() for i in layers]
     heads, kv = zip(*[_select_heads(scores[i][1], pshape, shape, rule, gen) for i in layers])
-    params, flops = count(parent.model, family, shape, is_tied(parent.model))
+    params, flops = count(parent.model, family, shape, stays_tied(parent.model, basis))
     return Plan(parent=parent.name, family=family.name, shape=shape, layers=layers, residual=residual, ffn=ffn,
                 heads=list(heads), kv_heads=list(kv), block_rule=block_rule, neuron_rule=neuron_rule,
                 scale=scale_choice(scale), seed=seed, params=params, flops_per_token=flops, score=score,
-                kv_merge=kv_layout(pshape, shape.heads, shape.kv_heads)[0], compensate=compensate)
+                kv_merge=kv_layout(pshape, shape.heads, shape.kv_heads)[0], compensate=compensate,
+                basis=basis)
 
 
 PRESETS = {
-    "best": dict(block_rule="search", neuron_rule="importance", score="activation-weight", compensate="all"),
-    "paper": dict(block_rule="magnitude", neuron_rule="importance", score="activation", compensate="none"),
+    "best": dict(block_rule="search", neuron_rule="importance", score="activation-weight", compensate="all",
+                 basis="dims"),
+    "paper": dict(block_rule="magnitude", neuron_rule="importance", score="activation", compensate="none",
+                  basis="dims"),
 }
 PRESET_HELP = {
     "best": "the strategy that measured best on held-out text of another domain (bench/RESULTS.md)",
@@ -410,11 +428,10 @@ def snap_shape(family: Family, parent: Shape, layers: int, hidden: int, ffn: int
     return shape, notes
 
 
-def describe(parent, shape: Shape) -> dict:
-    """Size of a child of this shape next to its parent, without building it."""
-    tied = is_tied(parent.model)
-    params, flops = count(parent.model, parent.family, shape, tied)
-    pparams, pflops = count(parent.model, parent.family, parent.shape, tied)
+def describe(parent, shape: Shape, basis: str = "dims") -> dict:
+    """Size of a child of this shape (in this residual basis) next to its parent, without building it."""
+    params, flops = count(parent.model, parent.family, shape, stays_tied(parent.model, basis))
+    pparams, pflops = count(parent.model, parent.family, parent.shape, is_tied(parent.model))
     return dict(params=params, parent_params=pparams, percent_of_parent=round(100 * params / pparams, 1),
                 flops_per_token=flops, parent_flops_per_token=pflops,
                 expected_speedup=round(pflops / flops, 2))

@@ -61,17 +61,18 @@ def pareto(frame: pd.DataFrame, x: str, y: str, lower_is_better: bool = True) ->
 
 def children(parent, importance, ref: Reference, shapes: list[Shape], block_rule: str = "magnitude",
              neuron_rule: str = "importance", scale=None, score: str = "activation", compensate: str = "none",
-             calibration=None, fitted: Callable | None = None) -> Iterator[dict]:
+             calibration=None, fitted: Callable | None = None, basis: str = "dims") -> Iterator[dict]:
     """Build and evaluate each shape in turn, yielding its row (size and zero-shot quality) as soon as it is measured.
     With compensation each child is fitted on the calibration tokens first (seconds per child); `fitted(plan)`, when
-    given, supplies those fits (a cache)."""
+    given, supplies those fits (a cache). In principal directions, give the rotated parent (rotate.rotated) once
+    rather than rotating for every child."""
     for shape in shapes:
         t = time.perf_counter()
         plan = make_plan(parent, importance, shape, block_rule=block_rule, neuron_rule=neuron_rule, scale=scale,
-                         score=score, compensate=compensate)
+                         score=score, compensate=compensate, basis=basis)
         fits = fitted(plan) if fitted and compensate != "none" else None
         r = evaluate(build(parent, plan, calibration, fitted=fits), ref, plan.residual, speed=False)
-        d = describe(parent, shape)
+        d = describe(parent, shape, basis)
         yield {**{k: v for k, v in shape.to_dict().items() if k != "head_dim"},
                **{k: d[k] for k in ("params", "percent_of_parent", "flops_per_token", "expected_speedup")},
                **{k: r[k] for k in ("perplexity", "top1_agreement", "kl_to_parent", "cosine_to_parent") if k in r},

@@ -297,7 +297,7 @@ def compare_inits(parent, importance, shape, inits, config: TrainConfig, data: s
     config.check()
     train_tokens, eval_tokens = text_tokens(parent, data, config.seq_len)
     calibration = None
-    if plan_options.get("compensate", "none") != "none":
+    if plan_options.get("compensate", "none") != "none" or plan_options.get("basis", "dims") != "dims":
         from .compensate import windows
 
         calibration = windows(parent, data)

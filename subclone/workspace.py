@@ -34,6 +34,8 @@ from .importance import Importance, analyze, drop_one
 from .limits import Limits, float_arg, int_arg, text_arg
 from .parents import BUILTIN, DEFAULT_PARENT, Parent, load_parent
 from .compensate import COMPENSATE, fit, windows
+from .rotate import BASES, rotated
+from .rotate import applies as rotate_applies
 from .importance import cache_path
 from .plan import (NEURON_RULES, PRESETS, SCALE_GROUPS, SCORES, Plan, check_block_rule, choose_layers, describe,
                    make_plan, snap_shape)
@@ -68,11 +70,13 @@ class Design:
     scale: tuple[str, ...] = ("residual", "embed")
     score: str = PRESETS["best"]["score"]
     compensate: str = PRESETS["best"]["compensate"]
+    basis: str = PRESETS["best"]["basis"]
 
     @classmethod
     def of(cls, limits: Limits, parent, data, layers=None, hidden=None, ffn=None, heads=None, kv_heads=None,
            block_rule=PRESETS["best"]["block_rule"], neuron_rule="importance", scale=("residual", "embed"),
-           score=PRESETS["best"]["score"], compensate=PRESETS["best"]["compensate"]) -> "Design":
+           score=PRESETS["best"]["score"], compensate=PRESETS["best"]["compensate"],
+           basis=PRESETS["best"]["basis"]) -> "Design":
         """A Design from untrusted values (widgets, API calls): anything odd is a clear error, not a traceback."""
         # only the type and a sanity bound here: the shape rules (and their nearest valid values) come later
         size = lambda v, what: None if v is None else int_arg(v, what, 0, 10**6)  # noqa: E731
@@ -92,13 +96,16 @@ class Design:
         compensate = text_arg(compensate or "none", "the compensation", limits.max_spec_chars)
         if compensate not in COMPENSATE:
             raise SubcloneError(f"unknown compensation '{shown(compensate)}'. Available: {', '.join(COMPENSATE)}")
+        basis = text_arg(basis or "dims", "the residual basis", limits.max_spec_chars)
+        if basis not in BASES:
+            raise SubcloneError(f"unknown residual basis '{shown(basis)}'. Available: {', '.join(BASES)}")
         return cls(parent=text_arg(parent, "the parent", limits.max_spec_chars),
                    data=text_arg(data or "builtin", "the data spec", limits.max_spec_chars),
                    layers=size(layers, "layers"), hidden=size(hidden, "hidden"), ffn=size(ffn, "ffn"),
                    heads=size(heads, "heads"), kv_heads=size(kv_heads, "kv heads"),
                    block_rule=text_arg(block_rule, "the block rule", limits.max_spec_chars),
                    neuron_rule=neuron_rule, scale=tuple(g for g in SCALE_GROUPS if g in (scale or ())), score=score,
-                   compensate=compensate)
+                   compensate=compensate, basis=basis)
 
     @property
     def scale_choice(self) -> dict:
@@ -418,14 +425,20 @@ class Workspace:
         made = None
         if imp is not None and plan and (compute or design.block_rule != "search" or searched(imp, shape.layers)):
             made = make_plan(parent, imp, shape, block_rule=design.block_rule, neuron_rule=design.neuron_rule,
-                             scale=design.scale_choice, score=design.score, compensate=design.compensate)
+                             scale=design.scale_choice, score=design.score, compensate=design.compensate,
+                             basis=design.basis)
         key = (self.parent_key(design.parent), text.digest, shape, design.block_rule, design.neuron_rule, design.scale,
-               design.score, design.compensate)
+               design.score, design.compensate, design.basis)
         return Designed(parent, text, shape, notes, imp, made, key)
 
     @staticmethod
     def _for_family(design: Design, parent: Parent, notes: list[str]) -> Design:
-        """The search and the fits measure next-token loss: for an encoder they give way to the paper's rules."""
+        """The search and the fits measure next-token loss: for an encoder they give way to the paper's rules. The
+        principal directions need a pre-RMSNorm causal LM: other families keep their own dimensions."""
+        if design.basis != "dims" and not rotate_applies(parent.family):
+            notes.append(f"the principal-directions basis needs a pre-RMSNorm causal LM; {parent.family.name} keeps "
+                         "its own residual dimensions")
+            design = replace(design, basis="dims")
         if parent.family.kind == "causal-lm" or (design.block_rule != "search" and design.compensate == "none"):
             return design
         notes.append(f"block search and compensation need a causal LM; {parent.family.name} uses the magnitude rule "
@@ -456,10 +469,24 @@ class Workspace:
         return self._once(key, lambda: fit(parent, plan, self.calibration(parent, text), plan.compensate, progress),
                           heavy=True)
 
+    def rotated(self, parent: Parent, text: Text, progress: Progress | None = None) -> Parent:
+        """The parent in the principal directions of its residual stream on this text (rotate.rotated: about 10 s for
+        the bundled parent), once per parent and text, kept with the parents (bounded)."""
+        def make():
+            if progress:
+                progress(0.0, "measuring the principal directions of the residual stream (once per parent and text)")
+            return rotated(parent, self.calibration(parent, text))
+        return self._once(("rotated", parent.fingerprint, text.digest), make, heavy=True)
+
+    def source(self, d: "Designed", progress: Progress | None = None) -> Parent:
+        """The parent the designed child is cut from: the parent itself, or rotated when the plan says so."""
+        return self.rotated(d.parent, d.text, progress) if d.plan.basis != "dims" else d.parent
+
     def child(self, d: "Designed", progress: Progress | None = None):
         """Build the designed child (its fits, if any, from `fits`)."""
-        fitted = self.fits(d.parent, d.text, d.plan, progress) if d.plan.compensate != "none" else None
-        return build(d.parent, d.plan, progress=progress, fitted=fitted)
+        source = self.source(d, progress)
+        fitted = self.fits(source, d.text, d.plan, progress) if d.plan.compensate != "none" else None
+        return build(source, d.plan, progress=progress, fitted=fitted)
 
     def preview(self, design: Design, session: Session | None = None) -> tuple[Designed, dict, list[int] | None]:
         """Sizes of the designed child (instant: nothing is built) and the blocks it keeps, when analyzed."""
@@ -467,7 +494,7 @@ class Workspace:
         rule = self._for_family(design, d.parent, []).block_rule
         ready = d.importance is not None and (rule != "search" or searched(d.importance, d.shape.layers))
         kept = choose_layers(d.importance, d.shape.layers, rule) if ready else None
-        return d, describe(d.parent, d.shape), kept
+        return d, describe(d.parent, d.shape, self._for_family(design, d.parent, []).basis), kept
 
     def build(self, session_id: str | None, design: Design, progress: Progress | None = None,
               speed: bool = True) -> tuple[Designed, dict]:
@@ -499,7 +526,7 @@ class Workspace:
                    if k in metrics}
         s.history = [*s.history, dict(n=len(s.history) + 1, parent=design.parent, **_sizes(d.shape),
                                       block_rule=d.plan.block_rule, neuron_rule=d.plan.neuron_rule,
-                                      score=d.plan.score, compensate=d.plan.compensate,
+                                      score=d.plan.score, compensate=d.plan.compensate, basis=d.plan.basis,
                                       scale="+".join(design.scale) or "none", params=metrics["params"], **quality,
                                       ms_per_token=metrics.get("ms_per_token"), speedup=metrics.get("speedup"),
                                       seconds=round(time.perf_counter() - t, 1))][-KEEP_HISTORY:]
@@ -568,9 +595,10 @@ class Workspace:
             step(0.0, "evaluating the parent (once per parent and text)")
             ref = self.reference(d.parent, d.text)
             rows = []
-            for row in children(d.parent, d.importance, ref, shapes, rules.block_rule, rules.neuron_rule,
-                                rules.scale_choice, rules.score, rules.compensate,
-                                fitted=lambda plan: self.fits(d.parent, d.text, plan)):
+            source = self.rotated(d.parent, d.text, step) if rules.basis != "dims" else d.parent
+            for row in children(source, d.importance, ref, shapes, rules.block_rule, rules.neuron_rule,
+                                rules.scale_choice, rules.score, rules.compensate, basis=rules.basis,
+                                fitted=lambda plan: self.fits(source, d.text, plan)):
                 rows.append(row)
                 with self._lock:  # the estimate of the next sweep follows what this machine measures
                     self._child_seconds[(d.parent.fingerprint, rules.compensate != "none")] = \
@@ -648,7 +676,8 @@ class Workspace:
             raise SubcloneError(f"choose initializations among {', '.join(INITS)}")
         light = self.design(design, s, plan=False)  # the shape, before anything is measured or allocated
         config = self.train_config(light.parent, steps, distill)
-        need = TRAIN_BYTES_PER_PARAM * describe(light.parent, light.shape)["params"] * len(inits) / 2**20
+        basis = self._for_family(design, light.parent, []).basis
+        need = TRAIN_BYTES_PER_PARAM * describe(light.parent, light.shape, basis)["params"] * len(inits) / 2**20
         if need > self.limits.memory_mb:  # the inits train side by side: each holds weights, gradients and AdamW
             raise SubcloneError(f"training {len(inits)} initialization(s) of this child side by side needs about "
                                 f"{need / 1024:.1f} GB (weights, gradients and AdamW state); this app allows "
@@ -663,7 +692,8 @@ class Workspace:
                                                 on_eval=lambda i, r: records.put((i, r)), should_stop=job.stop.is_set,
                                                 on_step=pace.step,
                                                 block_rule=d.plan.block_rule, neuron_rule=d.plan.neuron_rule,
-                                                scale=d.plan.scale, score=d.plan.score, compensate=d.plan.compensate)
+                                                scale=d.plan.scale, score=d.plan.score, compensate=d.plan.compensate,
+                                                basis=d.plan.basis)
                 except BaseException as e:  # handed to the consumer below
                     box["error"] = e
                 finally:

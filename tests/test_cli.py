@@ -42,6 +42,24 @@ def test_clone_then_eval_on_a_local_parent(tmp_path, tiny_dir):
     assert result["perplexity"] > 0 and 0 <= result["top1_agreement"] <= 1 and result["kl_to_parent"] >= 0
 
 
+def test_clone_in_principal_directions_rebuilds_from_its_record(tmp_path, tiny_dir):
+    out = tmp_path / "turned"
+    made = cli("clone", "--parent", str(tiny_dir), "--hidden", "24", "--basis", "principal", "--compensate", "none",
+               "--out", str(out))
+    child = AutoModelForCausalLM.from_pretrained(out)  # plain transformers: an untied Llama
+    assert made["basis"] == "principal" and child.num_parameters() == made["params"]
+    assert not child.config.tie_word_embeddings
+    from subclone import Plan, build, load_parent
+    from subclone.compensate import windows
+
+    record = json.loads((out / "subclone.json").read_text())
+    parent = load_parent(str(tiny_dir))  # the same principal directions, from the same calibration text
+    rebuilt = build(parent, Plan.from_dict(record), windows(parent, record["data"]))
+    x = torch.randint(0, 300, (1, 12))
+    assert torch.equal(rebuilt(x).logits, child.eval()(x).logits)
+    assert "| residual basis | principal |" in (out / "README.md").read_text()
+
+
 def test_full_shape_clone_evaluates_as_the_parent(tmp_path, tiny_dir):
     out = tmp_path / "same"
     cli("clone", "--parent", str(tiny_dir), "--out", str(out))

@@ -401,6 +401,71 @@ def test_a_depth_map_stands_in_for_removed_blocks_and_is_fused_into_the_block_be
     assert (seen[mapped] - seen[2]).norm() < 0.97 * (seen[plain] - seen[2]).norm() <= 1.01 * residual
 
 
+def _norm_inputs(model, tokens):
+    """The normalized stream entering every norm of a Llama, stacked: what the principal directions are measured on."""
+    seen = []
+    norms = [b.get_submodule(n) for b in model.model.layers for n in ("input_layernorm", "post_attention_layernorm")]
+    hooks = [n.register_forward_pre_hook(lambda m, a: seen.append(a[0].flatten(0, 1))) for n in
+             [*norms, model.model.norm]]
+    model(input_ids=tokens.ids)
+    for h in hooks:
+        h.remove()
+    x = torch.cat(seen).double()
+    return x / x.pow(2).mean(1, keepdim=True).sqrt()
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2"])  # tied like SmolLM2; untied with q/k/v biases
+def test_principal_directions_rotate_the_stream_without_changing_the_function(name):
+    from subclone.rotate import rotated
+
+    parent = tiny_parent(name)
+    tokens = Tokens(ids(16, 32, seed=3))
+    turned = rotated(parent, tokens)
+    x = ids()
+    assert torch.allclose(turned.model(x).logits, parent.model(x).logits, atol=1e-4)
+    assert not is_tied(turned.model) and turned.basis and turned.fingerprint != parent.fingerprint
+    cov = (lambda a: a.T @ a)(_norm_inputs(turned.model, Tokens(tokens.ids[:16])))
+    variance = cov.diagonal()  # the coordinates are the principal directions: uncorrelated, by decreasing variance
+    assert (variance[:-1] >= variance[1:] - 1e-6 * variance[0]).all()
+    assert (cov - torch.diag(variance)).abs().max() < 1e-4 * variance[0]
+    imp = measure(parent, Tokens(ids(4, 32)))
+    full = make_plan(parent, imp, resolve_shape(parent.family, parent.shape), basis="principal")
+    child = build(parent, full, tokens)
+    assert full.params == count(parent.model, parent.family, parent.shape, tied=False)[0] == child.num_parameters()
+    assert torch.allclose(child(x).logits, parent.model(x).logits, atol=1e-4)
+    with pytest.raises(SubcloneError, match="calibration tokens"):
+        build(parent, full)
+    with pytest.raises(SubcloneError, match="pre-RMSNorm"):
+        make_plan(tiny_parent("gpt2"), measure(tiny_parent("gpt2"), Tokens(ids(4, 16))),
+                  resolve_shape(tiny_parent("gpt2").family, tiny_parent("gpt2").shape), basis="principal")
+
+
+def test_a_stream_confined_to_k_directions_is_cut_to_k_without_loss():
+    """Everything that writes the stream of a tiny Llama writes into one random 12-dimensional subspace of its 48:
+    the child of hidden 12 in principal directions computes the parent's function (its logits × √(12/48), the final
+    norm now averaging over 12 dimensions, with the embeddings left unscaled), while 12 of the parent's own
+    dimensions lose most of it."""
+    parent = tiny_parent("llama")
+    d, k = parent.shape.hidden, 12
+    basis = torch.linalg.qr(torch.randn(d, k, generator=torch.Generator().manual_seed(0))).Q
+    onto = basis @ basis.T
+    m = parent.model
+    with torch.no_grad():
+        m.model.embed_tokens.weight.copy_(50 * m.model.embed_tokens.weight @ onto)  # tied: the LM head too; the
+        # stream well above the norms' ε
+        for b in m.model.layers:
+            b.self_attn.o_proj.weight.copy_(onto @ b.self_attn.o_proj.weight)
+            b.mlp.down_proj.weight.copy_(onto @ b.mlp.down_proj.weight)
+    tokens = Tokens(ids(16, 32, seed=3))
+    imp = measure(parent, tokens)
+    shape = resolve_shape(parent.family, parent.shape, hidden=k)
+    x = ids()
+    want = parent.model(x).logits * math.sqrt(k / d)
+    error = {basis: (build(parent, make_plan(parent, imp, shape, basis=basis, scale={"embed": False}), tokens)(x)
+                     .logits - want).norm() / want.norm() for basis in ("principal", "dims")}
+    assert error["principal"] < 1e-3 and error["dims"] > 0.3, error
+
+
 LICENSES = Path("/usr/share/common-licenses")
 
 
@@ -409,7 +474,7 @@ LICENSES = Path("/usr/share/common-licenses")
 def test_on_the_bundled_parent_the_best_scores_and_fits_beat_the_paper_on_held_out_text(tmp_path):
     """SmolLM2-135M, calibrated on the built-in text, measured on text of another domain (the license texts, as in
     bench/quality.py): the activation × weight score at ffn 768, and the refit of every residual read at hidden 432,
-    each give a lower perplexity than the paper's choice."""
+    each give a lower perplexity than the paper's choice, and so do the principal directions at hidden 432."""
     from subclone import Limits, Workspace
     from subclone.evaluate import compare_lm, reference
     from subclone.importance import analyze, calibration
@@ -425,4 +490,6 @@ def test_on_the_bundled_parent_the_best_scores_and_fits_beat_the_paper_on_held_o
         return compare_lm(build(parent, plan, cal), ref)["perplexity"]
 
     assert perplexity(dict(ffn=768), score="activation-weight") < 0.8 * perplexity(dict(ffn=768))
-    assert perplexity(dict(hidden=432), compensate="refit") < 0.7 * perplexity(dict(hidden=432))
+    dims = perplexity(dict(hidden=432))
+    assert perplexity(dict(hidden=432), compensate="refit") < 0.7 * dims
+    assert perplexity(dict(hidden=432), basis="principal") < 0.7 * dims

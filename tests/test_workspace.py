@@ -10,7 +10,7 @@ from subclone import SubcloneError
 from subclone.limits import Limits
 from subclone.workspace import Cancelled, Design, Workspace
 
-from .conftest import tiny_model
+from .conftest import tiny_model, tiny_parent
 
 LOCAL = Limits.local()
 
@@ -189,6 +189,28 @@ def test_the_fits_run_once_per_kept_structure(ws, tiny_dir, monkeypatch):
     assert len(calls) == 3
     ws.child(first)  # the first shape's fits are still kept
     assert len(calls) == 3
+
+
+def test_principal_directions_are_measured_once_per_parent_and_text(ws, tiny_dir, monkeypatch):
+    """A child in principal directions is cut from the rotated parent, made once and kept: another shape reuses it.
+    Its size counts the untied LM head, in the readout before anything is built too. A family that cannot rotate
+    keeps its own dimensions, and says so."""
+    import subclone.workspace as workspace
+    from subclone.plan import describe
+
+    calls = []
+    real = workspace.rotated
+    monkeypatch.setattr(workspace, "rotated", lambda *a: calls.append(1) or real(*a))
+    design = small(tiny_dir, basis="principal", compensate="none", block_rule="magnitude")
+    d, metrics = ws.build("ann", design)
+    untied = describe(d.parent, d.shape, "principal")["params"]
+    assert d.plan.basis == "principal" and metrics["params"] == d.plan.params == untied
+    assert untied > describe(d.parent, d.shape)["params"]  # the tiny parent ties its LM head
+    assert ws.preview(design)[1]["params"] == untied
+    ws.build("ann", dataclasses.replace(design, hidden=20, compensate="all"))
+    assert len(calls) == 1
+    notes = []
+    assert Workspace._for_family(design, tiny_parent("gpt2"), notes).basis == "dims" and "principal" in notes[0]
 
 
 def test_heal_stopped_early_keeps_a_curve_for_every_initialization(ws, tiny_dir):

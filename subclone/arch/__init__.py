@@ -47,6 +47,9 @@ class Family:
     weights_in_out: bool = False  # GPT-2's Conv1D stores weights as (in, out) instead of (out, in)
     head_dim_from_hidden: bool = False  # config derives head_dim = hidden / heads (no head_dim field)
     defaults: dict = field(default_factory=dict)  # config attribute -> value when the config says None
+    # pre-RMSNorm families: block norm -> the modules that read its output (what a rotation of the residual stream
+    # folds the norm's weights into; empty: the stream cannot be rotated)
+    norm_reads: dict = field(default_factory=dict)
 
     def fan_in(self, axes: tuple):
         """What the input axis of a weight carries (None for anything but a 2-D weight)."""

@@ -36,4 +36,6 @@ FAMILY = Family(
     embeddings=("model.embed_tokens.weight",),
     lm_head="lm_head.weight",
     final_norm="model.norm",
+    norm_reads={"input_layernorm": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+                "post_attention_layernorm": ("mlp.gate_proj", "mlp.up_proj")},
 )

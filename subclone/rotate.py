@@ -1,0 +1,106 @@
+"""Principal directions of the residual stream: a shared orthogonal basis to cut the hidden size in (as SliceGPT,
+Ashkboos et al. 2024, with one basis for every block so the child stays a plain model of its family).
+
+A pre-RMSNorm transformer computes the same function when its residual stream is rotated by any orthogonal Q: fold
+each norm's weights into the layers that read it, then turn everything that writes the stream (embeddings, attention
+and FFN output projections) by Q and everything that reads it by Qᵀ. RMSNorm only divides by the vector's length,
+which Q keeps. With Q the eigenvectors of the covariance of the normalized stream at every norm on calibration text,
+by decreasing eigenvalue, the first k coordinates carry most of the stream: a child that keeps them keeps more than
+one that keeps k of the parent's own dimensions.
+
+The final norm's weights fold into the LM head, so an LM head tied to the embeddings is untied (it must be
+E·diag(g)·Q where the embeddings are E·Q): a tied parent's rotated child has one more vocabulary × hidden matrix.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from .arch import R
+from .errors import SubcloneError
+from .parents import Parent, new_model
+
+BASES = {
+    "dims": "keep the residual dimensions that matter most (the paper)",
+    "principal": "rotate the residual stream onto its principal directions on calibration text, keep the first "
+                 "(SliceGPT-style); a tied LM head becomes untied",
+}
+WINDOWS = 16  # calibration windows the covariance is measured on: the ones importance uses
+
+
+def applies(family) -> bool:
+    return bool(family.norm_reads) and family.final_norm is not None
+
+
+def _refuse(parent) -> None:
+    if not applies(parent.family):
+        raise SubcloneError(f"the principal-directions basis needs a pre-RMSNorm causal LM (the Llama family); "
+                            f"{parent.name} is {parent.family.name}: use the basis 'dims'")
+
+
+@torch.no_grad()
+def directions(parent: Parent, tokens) -> torch.Tensor:
+    """Q (hidden × hidden, orthogonal): the principal directions of the stream that enters every norm, each token
+    divided by its root mean square first (what the norm reads), by decreasing variance."""
+    _refuse(parent)
+    fam = parent.family
+    blocks = parent.model.get_submodule(fam.layers)
+    norms = [b.get_submodule(n) for b in blocks for n in fam.norm_reads] + [parent.model.get_submodule(fam.final_norm)]
+    d = parent.shape.hidden
+    cov = torch.zeros(d, d, dtype=torch.float64)
+
+    def hook(_, args):
+        x = args[0].flatten(0, 1).double()
+        x = x / x.pow(2).mean(1, keepdim=True).sqrt().clamp_min(1e-12)
+        cov.add_(x.T @ x)
+
+    handles = [n.register_forward_pre_hook(hook) for n in norms]
+    try:
+        for batch in tokens.ids[:WINDOWS].split(2):
+            parent.model.base_model(input_ids=batch, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    variance, q = torch.linalg.eigh(cov)
+    return q[:, variance.argsort(descending=True)].float()
+
+
+@torch.no_grad()
+def rotated(parent: Parent, tokens) -> Parent:
+    """The parent with its residual stream in its principal directions: the same function, hidden size and
+    tensors' shapes, norms of weight 1, an untied LM head. Coordinate i is the i-th principal direction, so a child
+    keeps the first k."""
+    q = directions(parent, tokens)
+    fam = parent.family
+    state = parent.model.state_dict()
+    reads = {m: n for n, modules in fam.norm_reads.items() for m in modules}
+    final = state[f"{fam.final_norm}.weight"].float()
+    lm_head = state[fam.lm_head] if fam.lm_head in state else state[fam.embeddings[0]]
+    out = {}
+    for key, t in state.items():
+        layer, inner, axes = fam.locate(key)
+        t = t.float()
+        module = inner.rsplit(".", 1)[0]
+        if key == fam.lm_head:
+            t = (lm_head.float() * final) @ q
+        elif layer is None and axes[-1:] == (R,) and len(axes) == 2:  # embeddings: they write the stream
+            t = t @ q
+        elif key == f"{fam.final_norm}.weight" or (layer is not None and module in fam.norm_reads):
+            t = torch.ones_like(t)
+        elif layer is not None and module in reads and inner.endswith(".weight"):  # reads a norm's output
+            t = (t * state[f"{fam.layers}.{layer}.{reads[module]}.weight"].float()) @ q
+        elif layer is not None and axes[0] == R:  # writes the stream: output projections and their biases
+            t = q.T @ t
+        elif R in axes:
+            raise SubcloneError(f"cannot rotate tensor '{key}' of {fam.name}: it touches the residual stream in a "
+                                "way the rotation does not know")
+        out[key] = t.contiguous()
+    if fam.lm_head not in out:
+        out[fam.lm_head] = ((lm_head.float() * final) @ q).contiguous()
+    config = type(parent.config).from_dict({**parent.config.to_dict(), "tie_word_embeddings": False})
+    model = new_model(fam, config, empty=True)
+    model.load_state_dict(out, strict=True, assign=True)
+    digest = hashlib.sha256(q.numpy().tobytes()).hexdigest()[:16]
+    return Parent(name=parent.name, model=model.eval(), tokenizer=parent.tokenizer, family=fam, source=parent.source,
+                  basis=digest)
