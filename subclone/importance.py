@@ -31,7 +31,7 @@ from .evaluate import mean_loss, pooled
 from .parents import Parent, home
 
 Progress = Callable[[float, str], None]
-FIELDS = ("residual", "ffn", "heads", "magnitude", "bi", "ffn_rms", "angular", "removals")
+FIELDS = ("residual", "ffn", "heads", "magnitude", "bi", "ffn_rms", "angular", "removals", "heads_order")
 VERSION = 3  # in the cache key: records of an older version (fewer fields) are measured again
 
 
@@ -45,6 +45,7 @@ class Importance:
     ffn_rms: torch.Tensor | None = None  # None in hand-made records: the neuron score 'activation' does not need it
     angular: torch.Tensor | None = None  # None in hand-made records: only the block rule 'angular' needs it
     removals: torch.Tensor | None = None  # the block search's removals so far, in order (search.extend adds to it)
+    heads_order: torch.Tensor | None = None  # (L, KV heads): each block's KV groups in removal order (search.order_heads)
     meta: dict = field(default_factory=dict)  # parent, data, tokens, seconds
 
     @property

@@ -1,4 +1,4 @@
-"""Blocks chosen by measuring, not by a fixed rule: greedy removal on calibration text.
+"""Blocks and heads chosen by measuring, not by a fixed rule: greedy removal on calibration text.
 
 A block's removal changes only what comes after it. `Stack` runs the parent's blocks one at a time on a few
 calibration windows and keeps the residual stream entering each kept block, so trying a removal runs only the
@@ -10,6 +10,11 @@ is then recomputed.
 Removals are nested: the child with n blocks keeps what the first L − n removals leave, so one search serves
 every depth down to where it stopped, and a deeper cut resumes it (`extend`, which keeps the order in the
 `Importance` record, so it is cached with it).
+
+Heads (`order_heads`): in each block, KV groups (single heads without grouped-query attention) are removed one at a
+time, each time the one whose loss the refit of the attention's output projection makes up best: the least
+remaining error ‖a_K X − a W‖² of the ridge fit X on the kept inputs a_K, from the Gram matrix of the output
+projection's inputs on calibration text (the fit `compensate.refit` makes). The order is kept in the record too.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from typing import Callable
 
 import torch
 
+from .compensate import RIDGE
 from .data import Tokens
 from .errors import SubcloneError
 
@@ -128,3 +134,58 @@ def searched(importance, keep: int) -> bool:
     """Whether the record's removals already reach `keep` blocks (the plan is then instant)."""
     L = len(importance.magnitude)
     return keep >= L or (importance.removals is not None and L - len(importance.removals) <= keep)
+
+
+def _refit_error(gram: torch.Tensor, w: torch.Tensor, kept: torch.Tensor) -> float:
+    """‖a_K X − a W‖² less its constant ‖a W‖², for the ridge fit X of compensate.refit (gram = aᵀa, w (inputs, d))."""
+    gkk = gram[kept][:, kept]
+    rhs = gram[kept] @ w
+    ridge = RIDGE * gkk.diagonal().mean().clamp_min(1e-12)
+    x = torch.linalg.solve(gkk + ridge * torch.eye(len(kept), dtype=gram.dtype), rhs + ridge * w[kept])
+    return ((x * (gkk @ x)).sum() - 2 * (x * rhs).sum()).item()
+
+
+def group_order(gram: torch.Tensor, w: torch.Tensor, groups: int) -> list[int]:
+    """Groups of inputs (equal, consecutive) in the order greedy removal takes them: each time the one whose removal
+    leaves the least refit error. The last one is the one kept longest."""
+    size = len(gram) // groups
+    left, order = list(range(groups)), []
+    while len(left) > 1:
+        def error(g):
+            return _refit_error(gram, w, torch.cat([torch.arange(h * size, (h + 1) * size) for h in left if h != g]))
+        order.append(min(left, key=error))
+        left.remove(order[-1])
+    return order + left
+
+
+@torch.no_grad()
+def order_heads(parent, importance, tokens: Tokens, progress: Progress | None = None) -> bool:
+    """Make sure the record has each block's KV groups in removal order (heads_order, (L, KV heads)); True when it
+    had to measure. One pass over `tokens` accumulates each attention output projection's input Gram matrix."""
+    if importance.heads_order is not None:
+        return False
+    fam, shape = parent.family, parent.shape
+    blocks = parent.model.get_submodule(fam.layers)
+    grams = {}
+
+    def hook(i):
+        def pre(_, args):
+            z = args[0].flatten(0, 1).float()
+            grams[i] = grams.get(i, 0) + z.T @ z
+        return pre
+
+    handles = [b.get_submodule(fam.heads_input).register_forward_pre_hook(hook(i)) for i, b in enumerate(blocks)]
+    try:
+        for n, batch in enumerate(tokens.ids.split(2)):
+            if progress:
+                progress(n * 2 / len(tokens.ids), "choosing heads: measuring what each attention output reads")
+            parent.model.base_model(input_ids=batch)
+    finally:
+        for h in handles:
+            h.remove()
+    order = []
+    for i, block in enumerate(blocks):
+        w = block.get_submodule(fam.heads_input).weight.detach().double()
+        order.append(group_order(grams[i].double(), w if fam.weights_in_out else w.T, shape.kv_heads))
+    importance.heads_order = torch.tensor(order, dtype=torch.int64)
+    return True

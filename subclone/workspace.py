@@ -39,7 +39,7 @@ from .rotate import applies as rotate_applies
 from .importance import cache_path
 from .plan import (NEURON_RULES, PRESETS, SCALE_GROUPS, SCORES, Plan, check_block_rule, choose_layers, describe,
                    make_plan, snap_shape)
-from .search import extend, searched
+from .search import extend, order_heads, searched
 from .sweep import children, grid, parse_list, table
 from .train import INITS, TrainConfig, compare_inits
 
@@ -417,13 +417,17 @@ class Workspace:
         design = self._for_family(design, parent, notes)
         check_block_rule(design.block_rule, parent.shape.layers)  # before anything is measured
         imp = self.importance(parent, text, compute=compute, progress=progress)
-        if imp is not None and design.block_rule == "search" and not searched(imp, shape.layers):
-            if compute:
-                self._search(parent, text, imp, shape.layers, progress)
-            else:
-                notes.append(f"the block search for {shape.layers} blocks runs at Build (up to a minute, once)")
+        blocks = imp is not None and design.block_rule == "search" and not searched(imp, shape.layers)
+        heads = imp is not None and design.score == "activation-weight" and shape.heads < parent.shape.heads and \
+            imp.heads_order is None
+        if compute and (blocks or heads):
+            self._search(parent, text, imp, shape.layers if blocks else None, heads, progress)
+        elif blocks:
+            notes.append(f"the block search for {shape.layers} blocks runs at Build (up to a minute, once)")
+        elif heads:
+            notes.append("the heads are chosen by measuring at Build (seconds, once)")
         made = None
-        if imp is not None and plan and (compute or design.block_rule != "search" or searched(imp, shape.layers)):
+        if imp is not None and plan and (compute or not (blocks or heads)):
             made = make_plan(parent, imp, shape, block_rule=design.block_rule, neuron_rule=design.neuron_rule,
                              scale=design.scale_choice, score=design.score, compensate=design.compensate,
                              basis=design.basis)
@@ -446,15 +450,17 @@ class Workspace:
         return replace(design, block_rule="magnitude" if design.block_rule == "search" else design.block_rule,
                        compensate="none")
 
-    def _search(self, parent: Parent, text: Text, imp: Importance, keep: int, progress: Progress | None) -> None:
-        """Run (or resume) the block search down to `keep` blocks; the order is saved with the importance record."""
+    def _search(self, parent: Parent, text: Text, imp: Importance, keep: int | None, heads: bool = False,
+                progress: Progress | None = None) -> None:
+        """Run (or resume) the block search down to `keep` blocks (None: no block search) and, with heads, the
+        heads' removal order; both are saved with the importance record."""
         with self._lock:
             lock = self._searching.setdefault((parent.fingerprint, text.digest), threading.Lock())
         with lock:  # one search per parent and text at a time; a second caller finds it done
-            if searched(imp, keep):
-                return
-            extend(parent, imp, self.calibration(parent, text), keep, progress=progress)
-            imp.save(cache_path(parent, text))
+            done = keep is not None and extend(parent, imp, self.calibration(parent, text), keep, progress=progress)
+            done |= heads and order_heads(parent, imp, self.calibration(parent, text), progress=progress)
+            if done:
+                imp.save(cache_path(parent, text))
 
     def calibration(self, parent: Parent, text: Text):
         """The calibration windows the fits of a compensated plan use (the first 16 are the ones importance was
@@ -591,7 +597,7 @@ class Workspace:
             d = self.design(design, s, compute=True, plan=False, progress=step)
             rules = self._for_family(design, d.parent, [])
             if rules.block_rule == "search":
-                self._search(d.parent, d.text, d.importance, min(x.layers for x in shapes), step)
+                self._search(d.parent, d.text, d.importance, min(x.layers for x in shapes), progress=step)
             step(0.0, "evaluating the parent (once per parent and text)")
             ref = self.reference(d.parent, d.text)
             rows = []

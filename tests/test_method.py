@@ -206,7 +206,11 @@ def test_uniform_is_the_published_weight_selection():
 @pytest.mark.parametrize("name", ["llama", "gpt2"])
 def test_activation_weight_score_weighs_what_reads_each_neuron(name):
     """A loud FFN neuron whose output weights are zero does nothing: the paper's activation score keeps it,
-    activation-weight drops it. Heads are ranked as the paper does under both. At full shape both keep everything."""
+    activation-weight drops it. Head 0, which nothing reads either, is the first to go under activation-weight where
+    heads are single (GPT-2); inside a kept KV group heads are ranked as the paper does. At full shape both keep
+    everything."""
+    from subclone.search import order_heads
+
     parent = planted(name)  # FFN neuron 3 of block 0 is the loudest
     fam, p = parent.family, parent.shape
     block = parent.model.get_submodule(f"{fam.layers}.0")
@@ -215,6 +219,7 @@ def test_activation_weight_score_weighs_what_reads_each_neuron(name):
         (down[3] if fam.weights_in_out else down[:, 3]).zero_()
         (out[: p.head_dim] if fam.weights_in_out else out[:, : p.head_dim]).zero_()  # head 0
     imp = measure(parent, Tokens(ids(8, 16, seed=7)))
+    order_heads(parent, imp, Tokens(ids(8, 16, seed=7)))
     if fam.head_dim_from_hidden:  # GPT-2: 3 of 4 heads (and hidden 24)
         shape = resolve_shape(fam, p, ffn=p.ffn // 2, heads=p.heads - 1)
     else:  # Llama: one query head of each of the 3 KV groups
@@ -222,7 +227,10 @@ def test_activation_weight_score_weighs_what_reads_each_neuron(name):
     by = {score: make_plan(parent, imp, shape, block_rule="first", score=score)
           for score in ("activation", "activation-weight")}
     assert 3 in by["activation"].ffn[0] and 3 not in by["activation-weight"].ffn[0]
-    assert by["activation-weight"].heads == by["activation"].heads
+    if fam.head_dim_from_hidden:
+        assert 0 not in by["activation-weight"].heads[0]
+    else:
+        assert by["activation-weight"].heads == by["activation"].heads
     full = build(parent, make_plan(parent, imp, p, score="activation-weight"))
     x = ids()
     assert (full(input_ids=x).logits - parent.model(input_ids=x).logits).abs().max() <= 1e-4
@@ -280,6 +288,27 @@ def test_merging_identical_kv_heads_changes_nothing():
 
 
 # ---- the block search and the compensation fits -----------------------------------------------------------------
+
+def test_heads_the_refit_makes_up_for_are_removed_first():
+    """KV group 0 of block 0 has by far the largest outputs, and nothing reads them (its columns of the output
+    projection are zero): the paper's activation score keeps it, the measured order removes it first."""
+    from subclone.search import order_heads
+
+    parent = tiny_parent("llama")  # 6 heads / 3 KV groups, head dim 8
+    attention = parent.model.model.layers[0].self_attn
+    with torch.no_grad():
+        attention.v_proj.weight[:8] *= 10  # KV head 0 serves query heads 0 and 1
+        attention.o_proj.weight[:, :16] = 0
+    tokens = Tokens(ids(8, 32, seed=3))
+    imp = measure(parent, tokens)
+    shape = resolve_shape(parent.family, parent.shape, heads=4, kv_heads=2)
+    with pytest.raises(SubcloneError, match="order_heads"):
+        make_plan(parent, imp, shape, score="activation-weight")
+    assert order_heads(parent, imp, tokens) and not order_heads(parent, imp, tokens)  # measured once
+    assert imp.heads_order.shape == (4, 3) and imp.heads_order[0, 0] == 0
+    paper, best = (make_plan(parent, imp, shape, score=s) for s in ("activation", "activation-weight"))
+    assert 0 in paper.kv_heads[0] and best.kv_heads[0] == [1, 2] and best.heads[0] == [2, 3, 4, 5]
+
 
 def _identity_block(parent, i):
     """Zero a block's two output projections: it then passes the stream through unchanged."""
