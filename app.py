@@ -560,7 +560,7 @@ with gr.Blocks(title="subclone") as demo:
                                          label="scale weights by √(d/d′) on", info="fan-in groups")
                 score = gr.Dropdown(list(SCORES), value=PRESETS["best"]["score"], label="neuron score",
                                     info="activation = the paper; activation-weight also weighs the weights that "
-                                         "read each FFN neuron")
+                                         "read each FFN neuron, and picks KV groups by what the refit makes up")
                 compensate = gr.Dropdown(list(COMPENSATE), value=PRESETS["best"]["compensate"], label="compensation",
                                          info="none = the paper; refit / depth: least-squares fits on calibration "
                                               "text, 10–25 s at Build for a new shape, then cached")

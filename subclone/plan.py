@@ -56,13 +56,19 @@ NEURON_RULES = {"importance": _importance, "uniform": _uniform, "first": _first,
 SCORES = {
     "activation": "the paper: mean |activation| of each FFN neuron, mean norm of each head's output",
     "activation-weight": "FFN neurons by root-mean-square activation times the norm of the weights that read it; "
-                         "KV groups removed one by one, each time the one the refit of the output projection makes up "
-                         "best (measured once, at Build), heads inside a group as the paper",
+                         "with a refit, KV groups removed one by one, each time the one the refit of the output "
+                         "projection makes up best (measured once, at Build); heads otherwise as the paper",
 }
 # Measured on SmolLM2 (zero-shot perplexity, calibrated on the built-in text; held-out built-in / license texts):
 # ffn 768: activation 47.8 / 278.2, activation-weight 41.9 / 153.0. Weighting heads by their out-projection columns
-# made 6 heads / 2 KV worse (32.2 / 41.0 -> 46.8 / 65.4); choosing KV groups by the refit's error (with the refit:
-# 23.3 -> 18.5 on the built-in split) is what the score does for heads.
+# made 6 heads / 2 KV worse (32.2 / 41.0 -> 46.8 / 65.4). KV groups chosen by the refit's error: with the refit
+# 22.7 / 35.2 -> 19.0 / 34.7; without it 1,071 / 1,907 (the groups it drops are the ones only the refit makes up for).
+
+
+def measures_heads(score: str, compensate: str) -> bool:
+    """Whether a plan's heads follow search.order_heads: the activation-weight score with a refit of the output
+    projections (the order says what the refit makes up best; without the refit it drops the wrong groups)."""
+    return score == "activation-weight" and compensate in ("refit", "all")
 
 
 def _reading_norms(parent, layer: int, module: str, groups: int) -> torch.Tensor:
@@ -72,14 +78,16 @@ def _reading_norms(parent, layer: int, module: str, groups: int) -> torch.Tensor
     return per_input.view(groups, -1).sum(1).sqrt()
 
 
-def neuron_scores(parent, importance: Importance, layer: int, score: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(FFN neuron scores, head scores) of one parent block under the named score."""
+def neuron_scores(parent, importance: Importance, layer: int, score: str,
+                  compensate: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
+    """(FFN neuron scores, head scores) of one parent block under the named score (and compensation)."""
     _rule(SCORES, score, "neuron score")
     if score == "activation":
         return importance.ffn[layer], importance.heads[layer]
     ffn = importance.ffn_rms if importance.ffn_rms is not None else importance.ffn
     heads = importance.heads[layer]
-    if importance.heads_order is not None:  # each group's rank in the removal order first, activation inside it
+    if measures_heads(score, compensate) and importance.heads_order is not None:  # each group's rank in the removal
+        # order first, activation inside it
         order = importance.heads_order[layer]
         rank = torch.empty_like(order)
         rank[order] = torch.arange(len(order))
@@ -378,15 +386,15 @@ def make_plan(parent, importance: Importance, shape: Shape, block_rule: str = "m
     if basis == "principal" and not rotate_applies(family):
         raise SubcloneError(f"the principal-directions basis needs a pre-RMSNorm causal LM (the Llama family); "
                             f"{parent.name} is {family.name}: use the basis 'dims'")
-    if score == "activation-weight" and shape.heads < pshape.heads and importance.heads_order is None:
-        raise SubcloneError("the score 'activation-weight' chooses heads by measuring, and they have not been measured "
-                            "yet: Build does it (subclone.search.order_heads from Python)")
+    if measures_heads(score, compensate) and shape.heads < pshape.heads and importance.heads_order is None:
+        raise SubcloneError("the score 'activation-weight' with a refit chooses heads by measuring, and they have not "
+                            "been measured yet: Build does it (subclone.search.order_heads from Python)")
     gen = torch.Generator().manual_seed(seed)
     layers = choose_layers(importance, shape.layers, block_rule)
     # in principal directions (rotate.py) the coordinates come by decreasing variance: they rank themselves
     ranking = torch.arange(pshape.hidden, 0, -1).float() if basis == "principal" else importance.residual_ranking
     residual = rule(ranking, shape.hidden, gen).sort().values.tolist()
-    scores = {i: neuron_scores(parent, importance, i, score) for i in layers}
+    scores = {i: neuron_scores(parent, importance, i, score, compensate) for i in layers}
     ffn = [rule(scores[i][0], shape.ffn, gen).sort().values.tolist() for i in layers]
     heads, kv = zip(*[_select_heads(scores[i][1], pshape, shape, rule, gen) for i in layers])
     params, flops = count(parent.model, family, shape, stays_tied(parent.model, basis))

@@ -38,7 +38,7 @@ from .rotate import BASES, rotated
 from .rotate import applies as rotate_applies
 from .importance import cache_path
 from .plan import (NEURON_RULES, PRESETS, SCALE_GROUPS, SCORES, Plan, check_block_rule, choose_layers, describe,
-                   make_plan, snap_shape)
+                   make_plan, measures_heads, snap_shape)
 from .search import extend, order_heads, searched
 from .sweep import children, grid, parse_list, table
 from .train import INITS, TrainConfig, compare_inits
@@ -418,8 +418,8 @@ class Workspace:
         check_block_rule(design.block_rule, parent.shape.layers)  # before anything is measured
         imp = self.importance(parent, text, compute=compute, progress=progress)
         blocks = imp is not None and design.block_rule == "search" and not searched(imp, shape.layers)
-        heads = imp is not None and design.score == "activation-weight" and shape.heads < parent.shape.heads and \
-            imp.heads_order is None
+        heads = imp is not None and measures_heads(design.score, design.compensate) and \
+            shape.heads < parent.shape.heads and imp.heads_order is None
         if compute and (blocks or heads):
             self._search(parent, text, imp, shape.layers if blocks else None, heads, progress)
         elif blocks:

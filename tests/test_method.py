@@ -206,9 +206,9 @@ def test_uniform_is_the_published_weight_selection():
 @pytest.mark.parametrize("name", ["llama", "gpt2"])
 def test_activation_weight_score_weighs_what_reads_each_neuron(name):
     """A loud FFN neuron whose output weights are zero does nothing: the paper's activation score keeps it,
-    activation-weight drops it. Head 0, which nothing reads either, is the first to go under activation-weight where
-    heads are single (GPT-2); inside a kept KV group heads are ranked as the paper does. At full shape both keep
-    everything."""
+    activation-weight drops it. Without a refit, heads are ranked as the paper does under both; with one, head 0,
+    which nothing reads either, is the first to go where heads are single (GPT-2), and inside a kept KV group heads
+    are ranked as the paper does. At full shape both keep everything."""
     from subclone.search import order_heads
 
     parent = planted(name)  # FFN neuron 3 of block 0 is the loudest
@@ -227,10 +227,12 @@ def test_activation_weight_score_weighs_what_reads_each_neuron(name):
     by = {score: make_plan(parent, imp, shape, block_rule="first", score=score)
           for score in ("activation", "activation-weight")}
     assert 3 in by["activation"].ffn[0] and 3 not in by["activation-weight"].ffn[0]
+    assert by["activation-weight"].heads == by["activation"].heads
+    refit = make_plan(parent, imp, shape, block_rule="first", score="activation-weight", compensate="refit")
     if fam.head_dim_from_hidden:
-        assert 0 not in by["activation-weight"].heads[0]
+        assert 0 not in refit.heads[0] and 0 in by["activation"].heads[0]
     else:
-        assert by["activation-weight"].heads == by["activation"].heads
+        assert refit.heads == by["activation"].heads
     full = build(parent, make_plan(parent, imp, p, score="activation-weight"))
     x = ids()
     assert (full(input_ids=x).logits - parent.model(input_ids=x).logits).abs().max() <= 1e-4
@@ -291,7 +293,8 @@ def test_merging_identical_kv_heads_changes_nothing():
 
 def test_heads_the_refit_makes_up_for_are_removed_first():
     """KV group 0 of block 0 has by far the largest outputs, and nothing reads them (its columns of the output
-    projection are zero): the paper's activation score keeps it, the measured order removes it first."""
+    projection are zero): the paper's activation score keeps it, the measured order (with a refit) removes it first.
+    Without a refit the order does not apply: what the refit makes up for is then lost."""
     from subclone.search import order_heads
 
     parent = tiny_parent("llama")  # 6 heads / 3 KV groups, head dim 8
@@ -303,11 +306,13 @@ def test_heads_the_refit_makes_up_for_are_removed_first():
     imp = measure(parent, tokens)
     shape = resolve_shape(parent.family, parent.shape, heads=4, kv_heads=2)
     with pytest.raises(SubcloneError, match="order_heads"):
-        make_plan(parent, imp, shape, score="activation-weight")
+        make_plan(parent, imp, shape, score="activation-weight", compensate="refit")
     assert order_heads(parent, imp, tokens) and not order_heads(parent, imp, tokens)  # measured once
     assert imp.heads_order.shape == (4, 3) and imp.heads_order[0, 0] == 0
-    paper, best = (make_plan(parent, imp, shape, score=s) for s in ("activation", "activation-weight"))
-    assert 0 in paper.kv_heads[0] and best.kv_heads[0] == [1, 2] and best.heads[0] == [2, 3, 4, 5]
+    paper, unfitted, best = (make_plan(parent, imp, shape, score=s, compensate=c) for s, c in
+                             (("activation", "refit"), ("activation-weight", "none"), ("activation-weight", "refit")))
+    assert 0 in paper.kv_heads[0] and unfitted.heads == paper.heads
+    assert best.kv_heads[0] == [1, 2] and best.heads[0] == [2, 3, 4, 5]
 
 
 def _identity_block(parent, i):
