@@ -66,7 +66,7 @@ def removed_runs(layers: list[int], n_layers: int) -> dict[int, int]:
     return runs
 
 
-def _solve(gram: torch.Tensor, rhs: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+def solve(gram: torch.Tensor, rhs: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
     """argmin_X ‖A X − B‖² + λ‖X − prior‖² given gram = AᵀA and rhs = AᵀB: ridge towards the unfitted weights,
     so directions the calibration text does not excite keep the parent's values."""
     gram = gram.double()
@@ -158,10 +158,10 @@ def fuse(parent, refit: dict, runs: dict, stats: dict) -> dict[str, torch.Tensor
         if (i, m) in refit:
             k = torch.tensor(refit[(i, m)])
             g = stats[(i, m)]
-            w_t[k] = _solve(g[k][:, k], g[k] @ w_t, w_t[k])
+            w_t[k] = solve(g[k][:, k], g[k] @ w_t, w_t[k])
         if m == fam.ffn_input and i in runs:
             gram = stats[("mm", i)]
-            t = _solve(gram, stats[("mr", i)], torch.eye(len(gram)))  # (d, d): M T stands in for the removed blocks
+            t = solve(gram, stats[("mr", i)], torch.eye(len(gram)))  # (d, d): M T stands in for the removed blocks
             w_t = w_t @ t
             if getattr(module, "bias", None) is not None:
                 out[f"{prefix}.bias"] = (module.bias.detach().float() @ t).to(module.bias.dtype)

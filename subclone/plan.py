@@ -16,8 +16,7 @@ import torch
 
 from .arch import F, KV, Q, QKV, R, Family, Shape
 from .compensate import COMPENSATE
-from .rotate import BASES
-from .rotate import applies as rotate_applies
+from .rotate import BASES, require
 from .errors import SubcloneError, shown
 from .importance import Importance
 
@@ -383,9 +382,8 @@ def make_plan(parent, importance: Importance, shape: Shape, block_rule: str = "m
     if compensate != "none" and family.kind != "causal-lm":
         raise SubcloneError(f"compensation fits a causal LM's block outputs; {parent.name} is a {family.kind}")
     _rule(BASES, basis, "residual basis")
-    if basis == "principal" and not rotate_applies(family):
-        raise SubcloneError(f"the principal-directions basis needs a pre-RMSNorm causal LM (the Llama family); "
-                            f"{parent.name} is {family.name}: use the basis 'dims'")
+    if basis == "principal":
+        require(family, parent.name)
     if measures_heads(score, compensate) and shape.heads < pshape.heads and importance.heads_order is None:
         raise SubcloneError("the score 'activation-weight' with a refit chooses heads by measuring, and they have not "
                             "been measured yet: Build does it (subclone.search.order_heads from Python)")

@@ -33,17 +33,18 @@ def applies(family) -> bool:
     return bool(family.norm_reads) and family.final_norm is not None
 
 
-def _refuse(parent) -> None:
-    if not applies(parent.family):
+def require(family, name: str) -> None:
+    """A clear error unless this family's residual stream can be rotated."""
+    if not applies(family):
         raise SubcloneError(f"the principal-directions basis needs a pre-RMSNorm causal LM (the Llama family); "
-                            f"{parent.name} is {parent.family.name}: use the basis 'dims'")
+                            f"{name} is {family.name}: use the basis 'dims'")
 
 
 @torch.no_grad()
 def directions(parent: Parent, tokens) -> torch.Tensor:
     """Q (hidden × hidden, orthogonal): the principal directions of the stream that enters every norm, each token
     divided by its root mean square first (what the norm reads), by decreasing variance."""
-    _refuse(parent)
+    require(parent.family, parent.name)
     fam = parent.family
     blocks = parent.model.get_submodule(fam.layers)
     norms = [b.get_submodule(n) for b in blocks for n in fam.norm_reads] + [parent.model.get_submodule(fam.final_norm)]

@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from .compensate import RIDGE
+from .compensate import solve
 from .data import Tokens
 from .errors import SubcloneError
 
@@ -140,8 +140,7 @@ def _refit_error(gram: torch.Tensor, w: torch.Tensor, kept: torch.Tensor) -> flo
     """‖a_K X − a W‖² less its constant ‖a W‖², for the ridge fit X of compensate.refit (gram = aᵀa, w (inputs, d))."""
     gkk = gram[kept][:, kept]
     rhs = gram[kept] @ w
-    ridge = RIDGE * gkk.diagonal().mean().clamp_min(1e-12)
-    x = torch.linalg.solve(gkk + ridge * torch.eye(len(kept), dtype=gram.dtype), rhs + ridge * w[kept])
+    x = solve(gkk, rhs, w[kept]).double()
     return ((x * (gkk @ x)).sum() - 2 * (x * rhs).sum()).item()
 
 
