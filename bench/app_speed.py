@@ -18,10 +18,26 @@ from subclone.workspace import Workspace  # noqa: E402
 
 P, D = "smollm2-135m", "builtin"
 HALF = dict(layers=20, hidden=432, ffn=1024, heads=9, kv_heads=3)  # 45 % of the parent's parameters
+TWO_THIRDS = dict(layers=24, hidden=504, ffn=1280, heads=9, kv_heads=3)
 PAPER = dict(block_rule="magnitude", neuron_rule="importance", scale=["residual", "embed"], score="activation",
-             compensate="none", basis="dims")  # in the order of the app's design widgets
+             compensate="none", basis="dims")
 BEST = dict(PAPER, block_rule="search", score="activation-weight", compensate="all")  # the default preset
 RULES = PAPER
+SESSION = dict(parent=P, data=D, request=None)
+# Every callback is called by keyword, as the app's widgets name them: a changed signature fails here at once
+# (tests/test_bench.py binds each of these) instead of shifting an argument an hour into `make bench`.
+CALLS = {
+    "analyze": (app.on_analyze, SESSION),
+    "preview": (app.on_preview, dict(SESSION, **HALF, block_rule="search", basis="dims")),
+    "design": (app.on_design, dict(SESSION, **HALF, **RULES, tab="anatomy")),
+    "build paper": (app.on_build, dict(SESSION, **HALF, **RULES)),
+    "build best": (app.on_build, dict(SESSION, **HALF, **BEST)),
+    "sweep": (app.on_sweep, dict(SESSION, depths="30, 24, 18, 12", widths="100, 87.5, 75, 62.5", heads=9, kv_heads=3,
+                                 **RULES)),
+    "export": (app.on_export, dict(SESSION, **HALF, **RULES, hub_repo="", hub_token="")),
+    "heal": (app.on_heal, dict(SESSION, **TWO_THIRDS, **BEST, steps=app.steps.value, inits=app.inits.value,
+                               distill=0)),
+}
 
 
 def quiet(*args, **kwargs):
@@ -45,45 +61,44 @@ def main():
     rows.append(("load the bundled parent (converted-parent cache)", t_parent, None))
 
     cache_path(ws.parent(P), ws.text(D)).unlink(missing_ok=True)
-    rows.append(("Analyze, cold (hooks over 4,096 tokens)", timed(app.on_analyze, P, D, None, progress=quiet), 30))
+    analyze, args = CALLS["analyze"]
+    rows.append(("Analyze, cold (hooks over 4,096 tokens)", timed(analyze, **args, progress=quiet), 30))
 
     def warm():  # a fresh workspace: nothing in memory, the record on disk
         fresh = Workspace(ws.limits, ws.folder / "bench")
         fresh.importance(ws.parent(P), fresh.text(D))
     rows.append(("Analyze, warm (disk cache hit), median of 5", median(warm, 5), 1))
 
-    shapes = [(L, h, f, 9, 3) for L in (30, 24, 20, 12) for h, f in ((576, 1536), (504, 1280), (432, 1024))]
-    times = [timed(app.on_preview, P, D, *s, rule, "dims", None) for s in shapes * 5 for rule in ("magnitude", "search")]
+    shapes = [dict(layers=L, hidden=h, ffn=f, heads=9, kv_heads=3)
+              for L in (30, 24, 20, 12) for h, f in ((576, 1536), (504, 1280), (432, 1024))]
+    preview, args = CALLS["preview"]
+    times = [timed(preview, **dict(args, **s, block_rule=rule)) for s in shapes * 5 for rule in ("magnitude", "search")]
     rows.append((f"/preview, median of {len(times)} (max {max(times) * 1000:.0f} ms)", statistics.median(times), 0.05))
 
-    app.on_design(P, D, *shapes[0], *RULES.values(), "anatomy", None)  # warm-up
-    rows.append(("Anatomy tab redraw (5 figures), median of 5",
-                 median(app.on_design, 5, P, D, *HALF.values(), *RULES.values(), "anatomy", None), None))
+    design, args = CALLS["design"]
+    design(**dict(args, **shapes[0]))  # warm-up
+    rows.append(("Anatomy tab redraw (5 figures), median of 5", median(design, 5, **args), None))
+    build, paper = CALLS["build paper"]
+    best = CALLS["build best"][1]
     rows.append(("Build & evaluate half-size child, first (parent evaluated once)",
-                 timed(app.on_build, P, D, *HALF.values(), *RULES.values(), None, progress=quiet), None))
+                 timed(build, **paper, progress=quiet), None))
     rows.append(("Build & evaluate half-size child, paper rules, median of 3",
-                 median(app.on_build, 3, P, D, *HALF.values(), *RULES.values(), None, progress=quiet), 10))
+                 median(build, 3, **paper, progress=quiet), 10))
     rows.append(("Build & evaluate half-size child, default (best): block search to 20 blocks, first time",
-                 timed(app.on_build, P, D, *HALF.values(), *BEST.values(), None, progress=quiet), 70))
+                 timed(build, **best, progress=quiet), 70))
     rows.append(("Build & evaluate half-size child, default (best), search and fits cached, median of 3",
-                 median(app.on_build, 3, P, D, *HALF.values(), *BEST.values(), None, progress=quiet), 20))
-    def sweep():  # a generator: a row per child, streamed
-        for _ in app.on_sweep(P, D, "30, 24, 18, 12", "100, 87.5, 75, 62.5", 9, 3, *RULES.values(), None,
-                              progress=quiet):
-            pass
-    rows.append(("Sweep 4 depths × 4 widths = 16 shapes, paper rules", timed(sweep), 90))
-    rows.append(("Export half-size child (zip, metrics cached)",
-                 timed(app.on_export, P, D, *HALF.values(), *RULES.values(), "", "", None, progress=quiet), None))
+                 median(build, 3, **best, progress=quiet), 20))
 
-    two_thirds = dict(layers=24, hidden=504, ffn=1280, heads=9, kv_heads=3)
-    steps = app.steps.value  # the Heal tab's defaults, as a class gets them
-    inits = app.inits.value
-
-    def heal():
-        for _ in app.on_heal(P, D, *two_thirds.values(), *BEST.values(), steps, inits, 0, None):
+    def drain(name):  # the sweep and Heal are generators: a row (a step) at a time, streamed
+        fn, args = CALLS[name]
+        for _ in fn(**args, **({"progress": quiet} if name == "sweep" else {})):
             pass
-    rows.append((f"Heal, class default: {steps} steps × {' + '.join(inits)} of a two-thirds child (24 / 504 / 1280)",
-                 timed(heal), 300))
+    rows.append(("Sweep 4 depths × 4 widths = 16 shapes, paper rules", timed(drain, "sweep"), 90))
+    export, args = CALLS["export"]
+    rows.append(("Export half-size child (zip, metrics cached)", timed(export, **args, progress=quiet), None))
+    heal = CALLS["heal"][1]
+    rows.append((f"Heal, class default: {heal['steps']} steps × {' + '.join(heal['inits'])} of a two-thirds child "
+                 "(24 / 504 / 1280)", timed(drain, "heal"), 300))
 
     print("| action | seconds | target |\n|---|---|---|")
     for name, t, target in rows:

@@ -130,20 +130,27 @@ def measure(parent: Parent, tokens: data_mod.Tokens, batch_size: int = 4,
     acc = dict(residual=torch.zeros(L, shape.hidden), ffn=torch.zeros(L, shape.ffn), ffn_rms=torch.zeros(L, shape.ffn),
                heads=torch.zeros(L, shape.heads), magnitude=torch.zeros(L), bi=torch.zeros(L),
                angular=torch.zeros(L + 1, L + 1))
-    block_in, stream = {}, {}  # stream: unit vectors of the residual stream entering each block, one batch
+    block_in, units = {}, {}  # units: (batch, seq, L+1, d), the unit vectors of the stream entering each block
+    norm = torch.linalg.vector_norm
+
+    def unit(i, v, n):  # v / n, written straight into its slot of the batch's buffer (no stacking afterwards)
+        if "h" not in units:
+            units["h"] = torch.empty(*v.shape[:-1], L + 1, v.shape[-1])
+        return torch.div(v.float(), n, out=units["h"][..., i, :])
 
     def hooks_for(i, block):
         def pre_block(_, args, kwargs):
-            block_in[i] = _first(args, kwargs)
-            stream[i] = torch.nn.functional.normalize(block_in[i].float(), dim=-1)
+            x = block_in[i] = _first(args, kwargs)
+            if i == 0:  # later blocks read what the block before wrote, already normalized there
+                unit(0, x, norm(x.float(), dim=-1, keepdim=True).clamp_min(1e-12))
 
         def post_block(_, args, kwargs, output):
             x, y = block_in.pop(i), _out(output)
-            stream[i + 1] = torch.nn.functional.normalize(y.float(), dim=-1)
+            ny = norm(y, dim=-1, keepdim=True).clamp_min(1e-12)
+            u = unit(i + 1, y, ny)
             acc["residual"][i] += y.abs().sum((0, 1))
-            f = (y - x).norm(dim=-1)
-            acc["magnitude"][i] += (f / y.norm(dim=-1).clamp_min(1e-12)).sum()
-            acc["bi"][i] += (1 - torch.nn.functional.cosine_similarity(x, y, dim=-1)).sum()
+            acc["magnitude"][i] += (norm(y - x, dim=-1, keepdim=True) / ny).sum()
+            acc["bi"][i] += (1 - (units["h"][..., i, :] * u).sum(-1)).sum()
 
         def pre_ffn(_, args, kwargs):
             a = _first(args, kwargs, "input")
@@ -152,7 +159,7 @@ def measure(parent: Parent, tokens: data_mod.Tokens, batch_size: int = 4,
 
         def pre_heads(_, args, kwargs):
             z = _first(args, kwargs, "input")
-            acc["heads"][i] += z.unflatten(-1, (shape.heads, shape.head_dim)).norm(dim=-1).sum((0, 1))
+            acc["heads"][i] += norm(z.unflatten(-1, (shape.heads, shape.head_dim)), dim=-1).sum((0, 1))
 
         return [(block, pre_block, post_block),
                 (block.get_submodule(fam.ffn_input), pre_ffn, None),
@@ -163,9 +170,8 @@ def measure(parent: Parent, tokens: data_mod.Tokens, batch_size: int = 4,
         done = 0
         for batch in tokens.batches(batch_size):
             parent.model.base_model(input_ids=batch)  # no LM head: only the blocks matter here
-            h = torch.stack([stream[i] for i in range(L + 1)], dim=2).flatten(0, 1)  # (tokens, L+1, d)
+            h = units.pop("h").flatten(0, 1)  # (tokens, L+1, d)
             acc["angular"] += torch.arccos((h @ h.transpose(1, 2)).clamp(-1, 1)).sum(0) / torch.pi  # one matmul
-            stream.clear()
             done += len(batch)
             if progress:
                 progress(done / n, f"calibration batch {done}/{n}")

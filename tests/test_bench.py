@@ -35,3 +35,17 @@ def test_results_are_assembled_from_every_section(tmp_path, monkeypatch):
     assert "measured table" in text and "Machine: " in text and "torch " in text
     assert all(title in text for title, _ in run.SECTIONS.values())
     assert "Not run yet: `bench/app_speed.py`" in text
+
+
+def test_the_app_speed_bench_calls_the_callbacks_as_they_are_now():
+    """bench/app_speed.py runs for minutes; a callback whose parameters changed must fail here, not an hour into
+    `make bench`."""
+    import inspect
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import app_speed
+
+    assert set(app_speed.CALLS) >= {"analyze", "preview", "design", "build best", "sweep", "export", "heal"}
+    for name, (callback, kwargs) in app_speed.CALLS.items():
+        bound = inspect.signature(callback).bind(**kwargs)  # TypeError names the parameter that moved
+        assert bound.arguments["parent"] == app_speed.P, name

@@ -64,6 +64,28 @@ def test_measured_importance_finds_what_was_planted(setup):
         assert imp.magnitude.argmin().item() == 1 and imp.magnitude[1] < 1e-6 and imp.bi[1] < 1e-6
 
 
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+@torch.no_grad()
+def test_block_statistics_equal_their_definitions_on_the_hidden_states(name):
+    """magnitude, bi, the angular distances and the residual means, value by value, against the stream the model
+    reports (hidden_states[i] enters block i; the last one is after the final norm, so it is left out)."""
+    parent = tiny_parent(name)
+    tokens = Tokens(ids(6, 16, seed=3))
+    imp = measure(parent, tokens)  # batches of 4: the last batch is smaller
+    hs = parent.model.base_model(input_ids=tokens.ids, output_hidden_states=True).hidden_states
+    L = parent.shape.layers
+    cos = torch.nn.functional.cosine_similarity
+    for i in range(L - 1):
+        x, y = hs[i], hs[i + 1]
+        assert imp.bi[i] == pytest.approx((1 - cos(x, y, dim=-1)).mean().item(), abs=1e-5)
+        assert imp.magnitude[i] == pytest.approx(((y - x).norm(dim=-1) / y.norm(dim=-1)).mean().item(), rel=1e-4)
+        torch.testing.assert_close(imp.residual[i], y.abs().mean((0, 1)), rtol=1e-4, atol=1e-6)
+    for a in range(L):
+        for b in range(L):
+            want = torch.arccos(cos(hs[a], hs[b], dim=-1).clamp(-1, 1)).mean() / math.pi
+            assert imp.angular[a, b] == pytest.approx(want.item(), abs=2e-3), (a, b)
+
+
 def test_the_plan_keeps_the_top_of_every_ranking(setup):
     """With reversed rankings these sets would be the bottom ones; shuffled, they would be arbitrary."""
     parent, imp = setup
