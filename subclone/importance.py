@@ -130,7 +130,7 @@ def measure(parent: Parent, tokens: data_mod.Tokens, batch_size: int = 4,
     acc = dict(residual=torch.zeros(L, shape.hidden), ffn=torch.zeros(L, shape.ffn), ffn_rms=torch.zeros(L, shape.ffn),
                heads=torch.zeros(L, shape.heads), magnitude=torch.zeros(L), bi=torch.zeros(L),
                angular=torch.zeros(L + 1, L + 1))
-    block_in, units = {}, {}  # units: (batch, seq, L+1, d), the unit vectors of the stream entering each block
+    block_in, units = {}, {}  # units["h"]: (batch, seq, L+1, d), the unit vectors of the stream entering each block
     norm = torch.linalg.vector_norm
 
     def unit(i, v, n):  # v / n, written straight into its slot of the batch's buffer (no stacking afterwards)

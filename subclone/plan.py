@@ -85,8 +85,8 @@ def neuron_scores(parent, importance: Importance, layer: int, score: str,
         return importance.ffn[layer], importance.heads[layer]
     ffn = importance.ffn_rms if importance.ffn_rms is not None else importance.ffn
     heads = importance.heads[layer]
-    if measures_heads(score, compensate) and importance.heads_order is not None:  # each group's rank in the removal
-        # order first, activation inside it
+    if measures_heads(score, compensate) and importance.heads_order is not None:
+        # each KV group's rank in the removal order first, the paper's activation inside a group
         order = importance.heads_order[layer]
         rank = torch.empty_like(order)
         rank[order] = torch.arange(len(order))
