@@ -33,7 +33,7 @@ from subclone import Limits, Workspace, build, make_plan, resolve_shape  # noqa:
 from subclone.evaluate import compare_lm, reference  # noqa: E402
 from subclone.importance import measure  # noqa: E402
 from subclone.plan import PRESETS, measures_heads  # noqa: E402
-from subclone.search import extend, order_heads  # noqa: E402
+from subclone.search import choose_span, extend, order_heads  # noqa: E402
 from subclone.train import TrainConfig, train  # noqa: E402
 
 LICENSES = Path("/usr/share/common-licenses")
@@ -98,8 +98,12 @@ def methods(parent, ctx, name, sizes):
     def ours(rules):
         def make():
             t_search = 0.0
-            if rules["block_rule"] == "search":
-                t_search = ctx["search_seconds"]  # measured once below; the order is nested (cached per parent)
+            if rules["block_rule"] == "search":  # the order is measured once below (nested, cached per parent)
+                if keep not in ctx["span_seconds"]:  # the span check at this depth: once, cached per depth
+                    t = time.perf_counter()
+                    choose_span(parent, ctx["imp"], cal, keep)
+                    ctx["span_seconds"][keep] = time.perf_counter() - t
+                t_search = ctx["search_seconds"] + ctx["span_seconds"][keep]
             if measures_heads(rules["score"], rules["compensate"]) and shape.heads < parent.shape.heads:
                 t_search += ctx["heads_seconds"]  # the heads' order, measured once below
             plan = make_plan(parent, ctx["imp"], shape, **rules)
@@ -156,7 +160,7 @@ def main():
     ref = reference(parent.model, held, "causal-lm", speed=False)
     t = time.perf_counter()
     imp = measure(parent, parent.tokenize(text.calibration, 256, n, "calibration"))
-    ctx = dict(cal=cal, imp=imp, importance_seconds=time.perf_counter() - t,
+    ctx = dict(cal=cal, imp=imp, importance_seconds=time.perf_counter() - t, span_seconds={},
                train=parent.tokenize(text.calibration, 128, 10**9, "training"),
                train_eval=parent.tokenize(text.held_out, 128, 4, "held-out"))
     shapes = [s.strip() for s in args.shapes.split(",")] if not args.smoke else ["depth 20"]

@@ -85,27 +85,40 @@ def _heads_dims(heads: list[int], head_dim: int) -> list[int]:
     return [h * head_dim + d for h in heads for d in range(head_dim)]
 
 
-@torch.no_grad()
+def _refits(parent, plan) -> dict:
+    """{(block, module): kept inputs} of every layer the plan's refit changes."""
+    fam, shape, refit = parent.family, parent.shape, {}
+    for i, ffn, heads in zip(plan.layers, plan.ffn, plan.heads):
+        if len(ffn) < shape.ffn:
+            refit[(i, fam.ffn_input)] = ffn
+        if len(heads) < shape.heads:
+            refit[(i, fam.heads_input)] = _heads_dims(heads, shape.head_dim)
+        if len(plan.residual) < shape.hidden:
+            refit.update({(i, m): plan.residual for m in residual_reads(fam)})
+    return refit
+
+
 def fit(parent, plan, tokens: Tokens, method: str, progress: Progress | None = None) -> dict[str, torch.Tensor]:
     """Parent-space replacements {state-dict key: tensor} for the output projections the fits change."""
+    return fit_all(parent, [plan], tokens, method, progress)[0]
+
+
+@torch.no_grad()
+def fit_all(parent, plans: list, tokens: Tokens, method: str, progress: Progress | None = None) -> list[dict]:
+    """`fit` for several plans in one pass over the calibration windows (the statistics of one block serve every
+    plan that fits it)."""
     check(method)
     fam, shape = parent.family, parent.shape
     if method == "none":
-        return {}
+        return [{} for _ in plans]
     if not applies(fam):
         raise SubcloneError(f"compensation fits a causal LM's block outputs; {parent.name} is a {fam.kind}")
-    runs = removed_runs(plan.layers, shape.layers) if method in ("depth", "all") else {}
-    refit = {}  # (block, module) -> kept inputs of that output projection
-    if method in ("refit", "all"):
-        for i, ffn, heads in zip(plan.layers, plan.ffn, plan.heads):
-            if len(ffn) < shape.ffn:
-                refit[(i, fam.ffn_input)] = ffn
-            if len(heads) < shape.heads:
-                refit[(i, fam.heads_input)] = _heads_dims(heads, shape.head_dim)
-            if len(plan.residual) < shape.hidden:
-                refit.update({(i, m): plan.residual for m in residual_reads(fam)})
-    if not runs and not refit:
-        return {}
+    runs = [removed_runs(p.layers, shape.layers) if method in ("depth", "all") else {} for p in plans]
+    refits = [_refits(parent, p) if method in ("refit", "all") else {} for p in plans]
+    pairs = {(p, b) for r in runs for p, b in r.items()}  # (kept block, last removed block after it)
+    grams_of = set().union(*refits)  # (block, module) whose input Gram matrix some plan needs
+    if not pairs and not grams_of:
+        return [{} for _ in plans]
     blocks = parent.model.get_submodule(fam.layers)
     stats, seen, grams = {}, {}, {}
 
@@ -124,26 +137,29 @@ def fit(parent, plan, tokens: Tokens, method: str, progress: Progress | None = N
             seen[key] = (output[0] if isinstance(output, tuple) else output).flatten(0, 1).float()
         return hook
 
-    handles = [blocks[i].get_submodule(m).register_forward_hook(input_hook((i, m))) for i, m in refit]
-    handles += [blocks[p].get_submodule(fam.ffn_input).register_forward_hook(output_hook(("m", p))) for p in runs]
-    handles += [blocks[i].register_forward_hook(output_hook(("out", i))) for i in set(runs) | set(runs.values())]
+    starts = {p for p, _ in pairs}
+    handles = [blocks[i].get_submodule(m).register_forward_hook(input_hook((i, m))) for i, m in grams_of]
+    handles += [blocks[p].get_submodule(fam.ffn_input).register_forward_hook(output_hook(("m", p))) for p in starts]
+    handles += [blocks[i].register_forward_hook(output_hook(("out", i))) for i in starts | {b for _, b in pairs}]
     ids = tokens.ids[:WINDOWS]
     try:
         for n, batch in enumerate(ids.split(2)):
             if progress:
                 progress(n * 2 / len(ids), f"fitting compensation: calibration batch {n + 1}/{-(-len(ids) // 2)}")
             parent.model.base_model(input_ids=batch, use_cache=False)
-            for p, b in runs.items():
+            for p in starts:
+                m = seen[("m", p)]
+                stats[("mm", p)] = stats.get(("mm", p), 0) + m.T @ m
+            for p, b in pairs:
                 m = seen[("m", p)]
                 r = seen[("out", b)] - (seen[("out", p)] - m)  # target minus the stream before M is added
-                stats[("mm", p)] = stats.get(("mm", p), 0) + m.T @ m
-                stats[("mr", p)] = stats.get(("mr", p), 0) + m.T @ r
+                stats[("mr", p, b)] = stats.get(("mr", p, b), 0) + m.T @ r
             seen.clear()
             grams.clear()
     finally:
         for h in handles:
             h.remove()
-    return fuse(parent, refit, runs, stats)
+    return [fuse(parent, refit, run, stats) for refit, run in zip(refits, runs)]
 
 
 def fuse(parent, refit: dict, runs: dict, stats: dict) -> dict[str, torch.Tensor]:
@@ -161,7 +177,8 @@ def fuse(parent, refit: dict, runs: dict, stats: dict) -> dict[str, torch.Tensor
             w_t[k] = solve(g[k][:, k], g[k] @ w_t, w_t[k])
         if m == fam.ffn_input and i in runs:
             gram = stats[("mm", i)]
-            t = solve(gram, stats[("mr", i)], torch.eye(len(gram)))  # (d, d): M T stands in for the removed blocks
+            # (d, d): M T stands in for the removed blocks
+            t = solve(gram, stats[("mr", i, runs[i])], torch.eye(len(gram)))
             w_t = w_t @ t
             if getattr(module, "bias", None) is not None:
                 out[f"{prefix}.bias"] = (module.bias.detach().float() @ t).to(module.bias.dtype)

@@ -31,7 +31,8 @@ from .evaluate import mean_loss, pooled
 from .parents import Parent, home
 
 Progress = Callable[[float, str], None]
-FIELDS = ("residual", "ffn", "heads", "magnitude", "bi", "ffn_rms", "angular", "removals", "heads_order")
+FIELDS = ("residual", "ffn", "heads", "magnitude", "bi", "ffn_rms", "angular", "removals", "heads_order",
+          "spans")
 VERSION = 3  # in the cache key: records of an older version (fewer fields) are measured again
 
 
@@ -46,6 +47,7 @@ class Importance:
     angular: torch.Tensor | None = None  # None in hand-made records: only the block rule 'angular' needs it
     removals: torch.Tensor | None = None  # the block search's removals so far, in order (search.extend adds to it)
     heads_order: torch.Tensor | None = None  # (L, KV heads): each block's KV groups in removal order (search.order_heads)
+    spans: torch.Tensor | None = None  # (L + 1,): at n blocks, 1 where the angular span beat the search (search.extend)
     meta: dict = field(default_factory=dict)  # parent, data, tokens, seconds
 
     @property

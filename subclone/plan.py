@@ -121,7 +121,7 @@ def _angular(imp, n):  # Gromov et al. 2024: drop the span of L - n blocks that 
     return [i for i in range(L) if not start <= i < start + k]
 
 
-def _searched(imp, n):  # search.py: the greedy removals, measured on calibration loss
+def _greedy(imp, n):
     L = len(imp.magnitude)
     done = [] if imp.removals is None else imp.removals.tolist()
     if L - len(done) > n:
@@ -130,10 +130,17 @@ def _searched(imp, n):  # search.py: the greedy removals, measured on calibratio
     return [i for i in range(L) if i not in done[:L - n]]
 
 
+def _searched(imp, n):  # search.py: the greedy removals, or the angular span where it measured better
+    if imp.spans is not None and n < len(imp.spans) and imp.spans[n] == 1:
+        return _angular(imp, n)
+    return _greedy(imp, n)
+
+
 BLOCK_RULES = {"magnitude": _keep_top("magnitude"), "bi": _keep_top("bi"), "middle": _middle,
                "first": _first_blocks, "angular": _angular, "search": _searched}
 BLOCK_RULE_HELP = {
-    "search": "greedy: remove the block whose removal changes the parent's predictions least, re-measured after each",
+    "search": "greedy: remove the block whose removal changes the parent's predictions least, re-measured after each; "
+              "or the angular span, where it loses less once linear maps stand in for the removed blocks",
     "magnitude": "the paper: keep the blocks with the largest relative magnitude ‖f(x)‖/‖x+f(x)‖",
     "bi": "ShortGPT's block influence: keep the blocks with the largest 1 − cos(input, output)",
     "angular": "drop the one contiguous span of blocks whose input and output are closest in angle (Gromov et al.)",

@@ -11,6 +11,13 @@ Removals are nested: the child with n blocks keeps what the first L − n remova
 every depth down to where it stopped, and a deeper cut resumes it (`extend`, which keeps the order in the
 `Importance` record, so it is cached with it).
 
+At each depth the search is checked against the one contiguous span the angular distance picks (Gromov et al.,
+2024): both are built with linear maps standing in for their removed blocks (`compensate.fit`, method `depth`,
+fitted on the first FIT_WINDOWS calibration windows), and the one with the lower next-token loss on the last
+PROBE_WINDOWS windows, which no fit saw, is kept (`choose_span`, recorded per depth in `Importance.spans`). Without
+the maps a span loses (it moves the stream further in one place), but one map over one span makes up for more than
+several maps over scattered blocks at moderate depth, and far less when the span grows.
+
 Heads (`order_heads`): in each block, KV groups (single heads without grouped-query attention) are removed one at a
 time, each time the one whose loss the refit of the attention's output projection makes up best: the least
 remaining error ‖a_K X − a W‖² of the ridge fit X on the kept inputs a_K, from the Gram matrix of the output
@@ -22,14 +29,16 @@ from typing import Callable
 
 import torch
 
-from .compensate import solve
+from .compensate import fit_all, solve
 from .data import Tokens
 from .errors import SubcloneError
+from .evaluate import mean_loss
 
 Progress = Callable[[float, str], None]
 WIDTH = 4  # candidates tried per removal
 WINDOWS, WINDOW_LEN = 2, 256  # calibration tokens the divergence is measured on
 LOSS_STRIDE = 4  # the LM head reads every 4th position: over all of them it costs as much as a dozen blocks
+FIT_WINDOWS, PROBE_WINDOWS = 16, 4  # the span check: windows its maps are fitted on, windows its loss is read on
 
 
 def _out(output):
@@ -121,19 +130,60 @@ def greedy_removals(parent, tokens: Tokens, keep: int, done: list[int] = (), wid
 
 
 def extend(parent, importance, tokens: Tokens, keep: int, progress: Progress | None = None) -> bool:
-    """Make sure the record's removals reach a stack of `keep` blocks; True when it had to search."""
+    """Make sure the record's removals reach a stack of `keep` blocks and the span check at `keep` is done; True
+    when it had to measure."""
     done = [] if importance.removals is None else importance.removals.tolist()
-    if parent.shape.layers - len(done) <= keep:
+    searched_now = parent.shape.layers - len(done) > keep
+    if searched_now:
+        order = greedy_removals(parent, tokens, keep, done, progress=progress)
+        importance.removals = torch.tensor(order, dtype=torch.int64)
+    return choose_span(parent, importance, tokens, keep, progress) or searched_now
+
+
+def _span_checked(importance, keep: int) -> bool:
+    return importance.spans is not None and importance.spans[keep] >= 0
+
+
+@torch.no_grad()
+def choose_span(parent, importance, tokens: Tokens, keep: int, progress: Progress | None = None) -> bool:
+    """Record at `keep` blocks whether the angular span beats the greedy removals once depth maps stand in for the
+    removed blocks of each (see the module's docstring); True when it had to measure."""
+    from .clone import build  # clone builds on plan, which reads this module's record
+    from .plan import make_plan, resolve_shape
+
+    L = parent.shape.layers
+    if keep >= L or _span_checked(importance, keep):
         return False
-    order = greedy_removals(parent, tokens, keep, done, progress=progress)
-    importance.removals = torch.tensor(order, dtype=torch.int64)
+    if len(tokens.ids) < PROBE_WINDOWS + 2:
+        raise SubcloneError(f"the span check needs at least {PROBE_WINDOWS + 2} calibration windows, got "
+                            f"{len(tokens.ids)}")
+    if importance.spans is None:
+        importance.spans = torch.full((L + 1,), -1, dtype=torch.int64)
+    shape = resolve_shape(parent.family, parent.shape, layers=keep)
+    greedy = make_plan(parent, importance, shape, block_rule="search", compensate="depth")  # spans[keep] unset
+    span = make_plan(parent, importance, shape, block_rule="angular", compensate="depth")
+    if span.layers == greedy.layers:
+        importance.spans[keep] = 0
+        return True
+    fits = fit_all(parent, [greedy, span], Tokens(tokens.ids[:min(FIT_WINDOWS, len(tokens.ids) - PROBE_WINDOWS)]),
+                   "depth", progress and (lambda f, _: progress(0.8 * f, f"checking the search against the angular "
+                                                                           f"span at {keep} blocks: fitting maps")))
+    probe = Tokens(tokens.ids[-PROBE_WINDOWS:])
+    loss = []
+    for n, (plan, fitted) in enumerate(zip((greedy, span), fits)):
+        if progress:
+            progress(0.8 + 0.1 * n, f"checking the search against the angular span at {keep} blocks: loss {n + 1}/2")
+        loss.append(mean_loss(build(parent, plan, fitted=fitted), probe).item())
+    importance.spans[keep] = int(loss[1] < loss[0])
     return True
 
 
 def searched(importance, keep: int) -> bool:
-    """Whether the record's removals already reach `keep` blocks (the plan is then instant)."""
+    """Whether the record's removals already reach `keep` blocks and the span check there is done (the plan is then
+    instant)."""
     L = len(importance.magnitude)
-    return keep >= L or (importance.removals is not None and L - len(importance.removals) <= keep)
+    return keep >= L or (importance.removals is not None and L - len(importance.removals) <= keep
+                         and _span_checked(importance, keep))
 
 
 def _refit_error(gram: torch.Tensor, w: torch.Tensor, kept: torch.Tensor) -> float:

@@ -596,8 +596,9 @@ class Workspace:
             step = _progress(job, progress)
             d = self.design(design, s, compute=True, plan=False, progress=step)
             rules = self._for_family(design, d.parent, [])
-            if rules.block_rule == "search":
-                self._search(d.parent, d.text, d.importance, min(x.layers for x in shapes), progress=step)
+            if rules.block_rule == "search":  # the deepest cut first: one search serves every depth, then each's check
+                for keep in sorted({x.layers for x in shapes}):
+                    self._search(d.parent, d.text, d.importance, keep, progress=step)
             step(0.0, "evaluating the parent (once per parent and text)")
             ref = self.reference(d.parent, d.text)
             rows = []

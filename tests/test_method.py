@@ -129,6 +129,8 @@ def test_which_blocks_each_rule_drops():
     assert kept["search"] == [1, 3] and BLOCK_RULES["search"](imp, 3) == [0, 1, 3]
     with pytest.raises(SubcloneError, match="has not yet gone down to 1 blocks"):
         BLOCK_RULES["search"](imp, 1)
+    imp.spans = torch.tensor([-1, -1, 1, 0, -1])  # the span check: at 2 blocks the angular span measured better
+    assert BLOCK_RULES["search"](imp, 2) == [0, 3] and BLOCK_RULES["search"](imp, 3) == [0, 1, 3]
     assert sorted(BLOCK_RULES["middle"](imp, 3)) in ([0, 1, 3], [0, 2, 3])
 
 
@@ -358,6 +360,49 @@ def test_the_search_and_angular_spans_remove_a_planted_identity_block_first(name
     imp = measure(parent, tokens)
     assert imp.angular[2, 3] == pytest.approx(0, abs=1e-3) and imp.angular[1, 2] > 0.01
     assert BLOCK_RULES["angular"](imp, parent.shape.layers - 1) == [i for i in range(parent.shape.layers) if i != 2]
+
+
+def test_the_search_keeps_the_angular_span_at_the_depths_where_its_depth_maps_lose_less():
+    """At each depth the record says which of the greedy removals and the angular span has the lower next-token loss
+    on the probe windows, each built with depth maps fitted on the windows before them; the plan follows it."""
+    from subclone.evaluate import mean_loss
+    from subclone.search import FIT_WINDOWS, PROBE_WINDOWS, extend, searched
+
+    parent = tiny_parent("llama")
+    _identity_block(parent, 0)  # the search removes block 0 first; the span starts elsewhere at some depth
+    L = parent.shape.layers
+    imp = measure(parent, Tokens(ids(4, 32)))
+    tokens = Tokens(ids(FIT_WINDOWS + PROBE_WINDOWS, 32, seed=3))
+    differ = 0
+    for keep in range(L - 1, 0, -1):
+        assert not searched(imp, keep)
+        assert extend(parent, imp, tokens, keep) and searched(imp, keep) and not extend(parent, imp, tokens, keep)
+        shape = resolve_shape(parent.family, parent.shape, layers=keep)
+        greedy = [i for i in range(L) if i not in imp.removals[:L - keep].tolist()]
+        span = BLOCK_RULES["angular"](imp, keep)
+        loss = {}
+        for layers in (greedy, span):
+            plan = replace(make_plan(parent, imp, shape, block_rule="angular", compensate="depth"), layers=layers)
+            child = build(parent, plan, Tokens(tokens.ids[:FIT_WINDOWS]))
+            loss[tuple(layers)] = mean_loss(child, Tokens(tokens.ids[FIT_WINDOWS:])).item()
+        differ += greedy != span
+        chosen = min((greedy, span), key=lambda layers: loss[tuple(layers)]) if greedy != span else greedy
+        assert make_plan(parent, imp, shape, block_rule="search").layers == chosen
+        assert imp.spans[keep] == int(chosen != greedy)
+    assert differ >= 2 and set(imp.spans[1:L].tolist()) == {0, 1}  # the check had two candidates and chose both
+
+
+def test_one_pass_fits_every_plan_as_its_own_pass_would():
+    from subclone.compensate import fit, fit_all
+
+    parent = tiny_parent("llama")
+    p = parent.shape
+    imp = measure(parent, Tokens(ids(4, 32)))
+    tokens = Tokens(ids(16, 32, seed=3))
+    plan = make_plan(parent, imp, resolve_shape(parent.family, p, layers=2, ffn=p.ffn // 2), compensate="all")
+    plans = [replace(plan, layers=[0, 3]), replace(plan, layers=[0, 2])]  # after block 0: a run to 2, a run to 1
+    for one, alone in zip(fit_all(parent, plans, tokens, "all"), (fit(parent, plan, tokens, "all") for plan in plans)):
+        assert one.keys() == alone.keys() and all(torch.allclose(one[k], alone[k], atol=1e-6) for k in one)
 
 
 def _ffn_error(parent, child_plan, fitted, tokens, layer):

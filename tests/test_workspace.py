@@ -164,6 +164,7 @@ def test_the_block_search_runs_once_at_build_and_is_kept_with_the_importance_rec
     d, _, kept = fresh.preview(design)
     assert kept == built.plan.layers and not any("runs at Build" in n for n in d.notes)
     assert fresh.importance(parent, text).removals.tolist() == ws.importance(parent, text).removals.tolist()
+    assert fresh.importance(parent, text).spans[3] == ws.importance(parent, text).spans[3] >= 0  # the span check too
 
 
 def test_an_encoder_gets_the_paper_rules_where_the_best_preset_cannot_apply(ws):
