@@ -10,8 +10,8 @@
 - Recovery: the same 20 steps for every child (AdamW, lr 1e-4, batches of 4 × 128 tokens of the calibration split,
   10 % warm-up then cosine, seed 0), then the held-out perplexity again.
 - Seconds: wall time to produce the child from the loaded parent, calibration included (for subclone: measuring
-  importance, the block search when used, the fits and the build). Peak memory: the highest resident memory seen
-  while producing it, above what the process held before.
+  importance, the block search and its span check at that depth when used, the fits and the build). Peak memory:
+  the highest resident memory seen while producing it, above what the process held before.
 """
 from __future__ import annotations
 
@@ -234,10 +234,15 @@ NOTES = """### Notes on these tables
   dimensions that best predict the others (pivoted Cholesky of the summed input Gram matrices), hidden 432 49.5
   against 62.9 and 24 / 504 / 1280 44.9 against 50.2; refitting the block after each removed run on the child's own
   inputs, depth 20 45.5 against 46.4–49.4; fitting each depth map on the kept residual dimensions only, 44.9 against
-  45.2. The angular span with depth maps beats the search at 24 layers (23.7 against 24.6) and collapses at 20 (570
-  against 45.5), while the search has the lower uncompensated KL at every depth (0.66 against 0.72 at 24), so KL
-  cannot choose between them; choosing by the compensated loss would need a fit per candidate. 64 fit windows
-  instead of 32 lower it a further 3–7 % but double the fit time (up to 44 s for a new shape).
+  45.2; fitting the residual reads on the child's own narrower norm (each token's input scaled by the share of its
+  stream's energy in the kept dimensions), hidden 432 49.8 against 49.0, 24 / 504 / 1280 44.3 against 43.4. 64 fit
+  windows instead of 32 lower it a further 3–7 % but double the fit time (up to 44 s for a new shape).
+- The block search is checked at each depth against the angular span (`search.choose_span`): both with depth maps
+  fitted on 16 calibration windows, the lower next-token loss on 4 calibration windows no fit saw wins. The search
+  has the lower uncompensated KL at every depth, so KL cannot choose; the compensated loss can. On the built-in
+  held-out split, greedy against span with depth maps (all fits at 24 / 504 / 1280): 28 blocks 17.8 / 16.3, 26 20.4 /
+  24.0, 24 24.3 / 23.5, 22 34.2 / 114.1, 20 45.6 / 586, 24 / 504 / 1280 43.4 / 41.0; the check chose the lower one
+  at every depth. It costs about 13 s per new depth, counted in the seconds column.
 """
 
 

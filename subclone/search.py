@@ -14,7 +14,7 @@ every depth down to where it stopped, and a deeper cut resumes it (`extend`, whi
 At each depth the search is checked against the one contiguous span the angular distance picks (Gromov et al.,
 2024): both are built with linear maps standing in for their removed blocks (`compensate.fit`, method `depth`,
 fitted on the first FIT_WINDOWS calibration windows), and the one with the lower next-token loss on the last
-PROBE_WINDOWS windows, which no fit saw, is kept (`choose_span`, recorded per depth in `Importance.spans`). Without
+PROBE_WINDOWS windows (a quarter of a shorter text's), which no fit saw, is kept (`choose_span`, recorded per depth in `Importance.spans`). Without
 the maps a span loses (it moves the stream further in one place), but one map over one span makes up for more than
 several maps over scattered blocks at moderate depth, and far less when the span grows.
 
@@ -154,21 +154,19 @@ def choose_span(parent, importance, tokens: Tokens, keep: int, progress: Progres
     L = parent.shape.layers
     if keep >= L or _span_checked(importance, keep):
         return False
-    if len(tokens.ids) < PROBE_WINDOWS + 2:
-        raise SubcloneError(f"the span check needs at least {PROBE_WINDOWS + 2} calibration windows, got "
-                            f"{len(tokens.ids)}")
     if importance.spans is None:
         importance.spans = torch.full((L + 1,), -1, dtype=torch.int64)
     shape = resolve_shape(parent.family, parent.shape, layers=keep)
     greedy = make_plan(parent, importance, shape, block_rule="search", compensate="depth")  # spans[keep] unset
     span = make_plan(parent, importance, shape, block_rule="angular", compensate="depth")
-    if span.layers == greedy.layers:
+    n_probe = min(PROBE_WINDOWS, len(tokens.ids) // 4)  # a short text: a quarter of its windows
+    if span.layers == greedy.layers or n_probe == 0:  # nothing to check, or no window to check it on: the search
         importance.spans[keep] = 0
         return True
-    fits = fit_all(parent, [greedy, span], Tokens(tokens.ids[:min(FIT_WINDOWS, len(tokens.ids) - PROBE_WINDOWS)]),
+    fits = fit_all(parent, [greedy, span], Tokens(tokens.ids[:min(FIT_WINDOWS, len(tokens.ids) - n_probe)]),
                    "depth", progress and (lambda f, _: progress(0.8 * f, f"checking the search against the angular "
                                                                            f"span at {keep} blocks: fitting maps")))
-    probe = Tokens(tokens.ids[-PROBE_WINDOWS:])
+    probe = Tokens(tokens.ids[-n_probe:])
     loss = []
     for n, (plan, fitted) in enumerate(zip((greedy, span), fits)):
         if progress:
