@@ -261,6 +261,13 @@ def test_a_sweep_shows_each_child_as_it_finishes_and_stop_keeps_them(ws, tiny_di
     assert ws.sweep_plan(design, "4, 3, 2, 1", "100, 50")[1] != seconds  # the estimate now follows what was timed
 
 
+def test_a_sweep_of_the_best_preset_checks_the_span_at_every_depth_it_cuts_to(ws, tiny_dir):
+    design = small(tiny_dir)  # block search, compensation; 3 blocks, which the sweep below does not cut to
+    list(ws.sweeping("gil", design, "2, 1", "100"))
+    imp = ws.importance(ws.parent(str(tiny_dir)), ws.text("builtin"))
+    assert imp.spans[1] >= 0 and imp.spans[2] >= 0
+
+
 def test_heal_refuses_what_would_not_fit_in_memory_before_allocating(ws, tiny_dir, tmp_path):
     """The inits train side by side; their weights, gradients and AdamW state must fit the app's memory bound."""
     from subclone.plan import describe
