@@ -131,7 +131,7 @@ def _greedy(imp, n):
 
 
 def _searched(imp, n):  # search.py: the greedy removals, or the angular span where it measured better
-    if imp.spans is not None and n < len(imp.spans) and imp.spans[n] == 1:
+    if imp.spans is not None and imp.spans[n] == 1:
         return _angular(imp, n)
     return _greedy(imp, n)
 

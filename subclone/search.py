@@ -12,11 +12,12 @@ every depth down to where it stopped, and a deeper cut resumes it (`extend`, whi
 `Importance` record, so it is cached with it).
 
 At each depth the search is checked against the one contiguous span the angular distance picks (Gromov et al.,
-2024): both are built with linear maps standing in for their removed blocks (`compensate.fit`, method `depth`,
-fitted on the first FIT_WINDOWS calibration windows), and the one with the lower next-token loss on the last
-PROBE_WINDOWS windows (a quarter of a shorter text's), which no fit saw, is kept (`choose_span`, recorded per depth in `Importance.spans`). Without
-the maps a span loses (it moves the stream further in one place), but one map over one span makes up for more than
-several maps over scattered blocks at moderate depth, and far less when the span grows.
+2024): both are built with linear maps standing in for their removed blocks (`compensate.fit_all`, method `depth`,
+one pass for both, on the first FIT_WINDOWS calibration windows), and the one with the lower next-token loss on the
+last PROBE_WINDOWS windows (a quarter of a shorter text's), which no fit saw, is kept (`choose_span`, recorded per
+depth in `Importance.spans`). Without the maps a span loses (it moves the stream further in one place), but one
+map over one span makes up for more than several maps over scattered blocks at moderate depth, and far less when
+the span grows.
 
 Heads (`order_heads`): in each block, KV groups (single heads without grouped-query attention) are removed one at a
 time, each time the one whose loss the refit of the attention's output projection makes up best: the least
