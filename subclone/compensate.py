@@ -103,24 +103,40 @@ def fit(parent, plan, tokens: Tokens, method: str, progress: Progress | None = N
     return fit_all(parent, [plan], tokens, method, progress)[0]
 
 
+def fit_all(parent, plans: list, tokens: Tokens, method: str | list[str], progress: Progress | None = None,
+            windows: list[int] | None = None) -> list[dict]:
+    """`fit` for several plans in one pass over the calibration windows (see `measure`)."""
+    return [solved() for solved in measure(parent, plans, tokens, method, progress, windows)]
+
+
 @torch.no_grad()
-def fit_all(parent, plans: list, tokens: Tokens, method: str, progress: Progress | None = None) -> list[dict]:
-    """`fit` for several plans in one pass over the calibration windows (the statistics of one block serve every
-    plan that fits it)."""
-    check(method)
+def measure(parent, plans: list, tokens: Tokens, method: str | list[str], progress: Progress | None = None,
+            windows: list[int] | None = None) -> list[Callable[[], dict]]:
+    """One pass over the calibration windows for several plans' fits (the statistics of one block serve every plan
+    that fits it); each plan's fits are solved when its function is called, so only the plans used cost memory.
+    `method` and `windows` may differ per plan: a plan fitted on its first n windows (even) reads the sums as they
+    stood after them, the same numbers its own pass over those windows would give."""
+    methods = [check(m) for m in ([method] * len(plans) if isinstance(method, str) else method)]
     fam, shape = parent.family, parent.shape
-    if method == "none":
-        return [{} for _ in plans]
+    if set(methods) == {"none"}:
+        return [dict for _ in plans]
     if not applies(fam):
         raise SubcloneError(f"compensation fits a causal LM's block outputs; {parent.name} is a {fam.kind}")
-    runs = [removed_runs(p.layers, shape.layers) if method in ("depth", "all") else {} for p in plans]
-    refits = [_refits(parent, p) if method in ("refit", "all") else {} for p in plans]
+    runs = [removed_runs(p.layers, shape.layers) if m in ("depth", "all") else {} for p, m in zip(plans, methods)]
+    refits = [_refits(parent, p) if m in ("refit", "all") else {} for p, m in zip(plans, methods)]
     pairs = {(p, b) for r in runs for p, b in r.items()}  # (kept block, last removed block after it)
     grams_of = set().union(*refits)  # (block, module) whose input Gram matrix some plan needs
     if not pairs and not grams_of:
-        return [{} for _ in plans]
+        return [dict for _ in plans]
+    ids = tokens.ids[:WINDOWS]
+    windows = [min(w, len(ids)) for w in windows or [len(ids)] * len(plans)]
+    if any(w % 2 and w != len(ids) for w in windows):
+        raise ValueError(f"fits on a prefix of the windows need an even count (the batches are pairs): {windows}")
+    needs = {}  # windows: the statistics the plans fitted on that many read
+    for refit, run, w in zip(refits, runs, windows):
+        needs.setdefault(w, set()).update(refit, *({("mm", p), ("mr", p, b)} for p, b in run.items()))
     blocks = parent.model.get_submodule(fam.layers)
-    stats, seen, grams = {}, {}, {}
+    stats, seen, grams, sums = {}, {}, {}, {}
 
     def input_hook(key):
         def hook(_, args, output):
@@ -141,7 +157,6 @@ def fit_all(parent, plans: list, tokens: Tokens, method: str, progress: Progress
     handles = [blocks[i].get_submodule(m).register_forward_hook(input_hook((i, m))) for i, m in grams_of]
     handles += [blocks[p].get_submodule(fam.ffn_input).register_forward_hook(output_hook(("m", p))) for p in starts]
     handles += [blocks[i].register_forward_hook(output_hook(("out", i))) for i in starts | {b for _, b in pairs}]
-    ids = tokens.ids[:WINDOWS]
     try:
         for n, batch in enumerate(ids.split(2)):
             if progress:
@@ -156,10 +171,14 @@ def fit_all(parent, plans: list, tokens: Tokens, method: str, progress: Progress
                 stats[("mr", p, b)] = stats.get(("mr", p, b), 0) + m.T @ r
             seen.clear()
             grams.clear()
+            done = min(2 * n + 2, len(ids))
+            if done in needs:  # each sum is a new tensor after every batch: these stay as they are now
+                sums[done] = {key: stats[key] for key in needs[done]}
     finally:
         for h in handles:
             h.remove()
-    return [fuse(parent, refit, run, stats) for refit, run in zip(refits, runs)]
+    return [lambda refit=refit, run=run, w=w: fuse(parent, refit, run, sums[w])
+            for refit, run, w in zip(refits, runs, windows)]
 
 
 def fuse(parent, refit: dict, runs: dict, stats: dict) -> dict[str, torch.Tensor]:

@@ -12,12 +12,13 @@ every depth down to where it stopped, and a deeper cut resumes it (`extend`, whi
 `Importance` record, so it is cached with it).
 
 At each depth the search is checked against the one contiguous span the angular distance picks (Gromov et al.,
-2024): both are built with linear maps standing in for their removed blocks (`compensate.fit_all`, method `depth`,
+2024): both are built with linear maps standing in for their removed blocks (`compensate.measure`, method `depth`,
 one pass for both, on the first FIT_WINDOWS calibration windows), and the one with the lower next-token loss on the
 last PROBE_WINDOWS windows (a quarter of a shorter text's), which no fit saw, is kept (`choose_span`, recorded per
 depth in `Importance.spans`). Without the maps a span loses (it moves the stream further in one place), but one
 map over one span makes up for more than several maps over scattered blocks at moderate depth, and far less when
-the span grows.
+the span grows. When the check runs for a child being built, that child's own fits (on all the calibration
+windows) share its pass, for both candidates, and the winner's are kept.
 
 Heads (`order_heads`): in each block, KV groups (single heads without grouped-query attention) are removed one at a
 time, each time the one whose loss the refit of the attention's output projection makes up best: the least
@@ -30,12 +31,13 @@ from typing import Callable
 
 import torch
 
-from .compensate import fit_all, solve
+from .compensate import measure, solve
 from .data import Tokens
 from .errors import SubcloneError
 from .evaluate import mean_loss
 
 Progress = Callable[[float, str], None]
+Final = tuple[Callable[[str], object], Callable[[object, dict], None]]  # (plan for a block rule, take its fits)
 WIDTH = 4  # candidates tried per removal
 WINDOWS, WINDOW_LEN = 2, 256  # calibration tokens the divergence is measured on
 LOSS_STRIDE = 4  # the LM head reads every 4th position: over all of them it costs as much as a dozen blocks
@@ -130,15 +132,16 @@ def greedy_removals(parent, tokens: Tokens, keep: int, done: list[int] = (), wid
     return order
 
 
-def extend(parent, importance, tokens: Tokens, keep: int, progress: Progress | None = None) -> bool:
+def extend(parent, importance, tokens: Tokens, keep: int, progress: Progress | None = None,
+           final: Final | None = None) -> bool:
     """Make sure the record's removals reach a stack of `keep` blocks and the span check at `keep` is done; True
-    when it had to measure."""
+    when it had to measure. With `final`, the check also fits the child about to be built (see `choose_span`)."""
     done = [] if importance.removals is None else importance.removals.tolist()
     searched_now = parent.shape.layers - len(done) > keep
     if searched_now:
         order = greedy_removals(parent, tokens, keep, done, progress=progress)
         importance.removals = torch.tensor(order, dtype=torch.int64)
-    return choose_span(parent, importance, tokens, keep, progress) or searched_now
+    return choose_span(parent, importance, tokens, keep, progress, final) or searched_now
 
 
 def _span_checked(importance, keep: int) -> bool:
@@ -146,9 +149,15 @@ def _span_checked(importance, keep: int) -> bool:
 
 
 @torch.no_grad()
-def choose_span(parent, importance, tokens: Tokens, keep: int, progress: Progress | None = None) -> bool:
+def choose_span(parent, importance, tokens: Tokens, keep: int, progress: Progress | None = None,
+                final: Final | None = None) -> bool:
     """Record at `keep` blocks whether the angular span beats the greedy removals once depth maps stand in for the
-    removed blocks of each (see the module's docstring); True when it had to measure."""
+    removed blocks of each (see the module's docstring); True when it had to measure.
+
+    `final` = (make, fitted): the child about to be built is fitted in the same pass over the calibration windows
+    (the check's maps read the sums after its first windows): make(block rule) is its plan with the greedy removals
+    ("search", while this depth is unrecorded) or the span ("angular"), and fitted(plan, fits) receives the fits of
+    the one that wins."""
     from .clone import build  # clone builds on plan, which reads this module's record
     from .plan import make_plan, resolve_shape
 
@@ -164,16 +173,24 @@ def choose_span(parent, importance, tokens: Tokens, keep: int, progress: Progres
     if span.layers == greedy.layers or n_probe == 0:  # nothing to check, or no window to check it on: the search
         importance.spans[keep] = 0
         return True
-    fits = fit_all(parent, [greedy, span], Tokens(tokens.ids[:min(FIT_WINDOWS, len(tokens.ids) - n_probe)]),
-                   "depth", progress and (lambda f, _: progress(0.8 * f, f"checking the search against the angular "
-                                                                           f"span at {keep} blocks: fitting maps")))
+    n_fit = min(FIT_WINDOWS, len(tokens.ids) - n_probe)
+    plans, methods, windows = [greedy, span], ["depth"] * 2, [n_fit] * 2
+    if final and n_fit % 2 == 0:  # the sums are taken per pair of windows
+        plans += [final[0]("search"), final[0]("angular")]
+        methods += [p.compensate for p in plans[2:]]
+        windows += [len(tokens.ids)] * 2
+    fits = measure(parent, plans, tokens if len(plans) > 2 else Tokens(tokens.ids[:n_fit]), methods, progress and (
+        lambda f, _: progress(0.8 * f, f"checking the search against the angular span at {keep} blocks: fitting "
+                                       f"maps" + (" and the child" if len(plans) > 2 else ""))), windows)
     probe = Tokens(tokens.ids[-n_probe:])
     loss = []
     for n, (plan, fitted) in enumerate(zip((greedy, span), fits)):
         if progress:
             progress(0.8 + 0.1 * n, f"checking the search against the angular span at {keep} blocks: loss {n + 1}/2")
-        loss.append(mean_loss(build(parent, plan, fitted=fitted), probe).item())
-    importance.spans[keep] = int(loss[1] < loss[0])
+        loss.append(mean_loss(build(parent, plan, fitted=fitted()), probe).item())
+    importance.spans[keep] = chosen = int(loss[1] < loss[0])
+    if len(plans) > 2:
+        final[1](plans[2 + chosen], fits[2 + chosen]())
     return True
 
 

@@ -39,7 +39,7 @@ from .rotate import applies as rotate_applies
 from .importance import cache_path
 from .plan import (NEURON_RULES, PRESETS, SCALE_GROUPS, SCORES, Plan, check_block_rule, choose_layers, describe,
                    make_plan, measures_heads, snap_shape)
-from .search import extend, order_heads, searched
+from .search import Final, extend, order_heads, searched
 from .sweep import children, grid, parse_list, table
 from .train import INITS, TrainConfig, compare_inits
 
@@ -420,17 +420,23 @@ class Workspace:
         blocks = imp is not None and design.block_rule == "search" and not searched(imp, shape.layers)
         heads = imp is not None and measures_heads(design.score, design.compensate) and \
             shape.heads < parent.shape.heads and imp.heads_order is None
+        def plan_with(block_rule: str) -> Plan:
+            return make_plan(parent, imp, shape, block_rule=block_rule, neuron_rule=design.neuron_rule,
+                             scale=design.scale_choice, score=design.score, compensate=design.compensate,
+                             basis=design.basis)
+
         if compute and (blocks or heads):
-            self._search(parent, text, imp, shape.layers if blocks else None, heads, progress)
+            # the span check fits the child in its own pass, where the child is fitted in the parent's own basis
+            final = (plan_with, lambda p, fits: self._once(self._fits_key(parent, text, p), lambda: fits, heavy=True)) \
+                if plan and design.compensate != "none" and design.basis == "dims" else None
+            self._search(parent, text, imp, shape.layers if blocks else None, heads, progress, final)
         elif blocks:
             notes.append(f"the block search for {shape.layers} blocks runs at Build (up to a minute, once)")
         elif heads:
             notes.append("the heads are chosen by measuring at Build (seconds, once)")
         made = None
         if imp is not None and plan and (compute or not (blocks or heads)):
-            made = make_plan(parent, imp, shape, block_rule=design.block_rule, neuron_rule=design.neuron_rule,
-                             scale=design.scale_choice, score=design.score, compensate=design.compensate,
-                             basis=design.basis)
+            made = plan_with(design.block_rule)
         key = (self.parent_key(design.parent), text.digest, shape, design.block_rule, design.neuron_rule, design.scale,
                design.score, design.compensate, design.basis)
         return Designed(parent, text, shape, notes, imp, made, key)
@@ -451,14 +457,14 @@ class Workspace:
                        compensate="none")
 
     def _search(self, parent: Parent, text: Text, imp: Importance, keep: int | None, heads: bool = False,
-                progress: Progress | None = None) -> None:
-        """Run (or resume) the block search down to `keep` blocks (None: no block search) and, with heads, the
-        heads' removal order; both are saved with the importance record."""
+                progress: Progress | None = None, final: Final | None = None) -> None:
+        """Run (or resume) the heads' removal order (with heads) and the block search down to `keep` blocks (None: no
+        block search), whose span check also fits the `final` child; both are saved with the importance record."""
         with self._lock:
             lock = self._searching.setdefault((parent.fingerprint, text.digest), threading.Lock())
         with lock:  # one search per parent and text at a time; a second caller finds it done
-            done = keep is not None and extend(parent, imp, self.calibration(parent, text), keep, progress=progress)
-            done |= heads and order_heads(parent, imp, self.calibration(parent, text), progress=progress)
+            done = heads and order_heads(parent, imp, self.calibration(parent, text), progress=progress)
+            done |= keep is not None and extend(parent, imp, self.calibration(parent, text), keep, progress, final)
             if done:
                 imp.save(cache_path(parent, text))
 
@@ -470,10 +476,14 @@ class Workspace:
     def fits(self, parent: Parent, text: Text, plan: Plan, progress: Progress | None = None) -> dict:
         """A compensated plan's fits, run on the calibration windows once per parent, text and kept structure, and
         kept with the parents (bounded), so a rebuild, an export or a sweep of the same child does not refit."""
-        key = ("fits", parent.fingerprint, text.digest, plan.compensate, tuple(plan.layers), tuple(plan.residual),
-               tuple(map(tuple, plan.ffn)), tuple(map(tuple, plan.heads)))
-        return self._once(key, lambda: fit(parent, plan, self.calibration(parent, text), plan.compensate, progress),
+        return self._once(self._fits_key(parent, text, plan),
+                          lambda: fit(parent, plan, self.calibration(parent, text), plan.compensate, progress),
                           heavy=True)
+
+    @staticmethod
+    def _fits_key(parent: Parent, text: Text, plan: Plan) -> tuple:
+        return ("fits", parent.fingerprint, text.digest, plan.compensate, tuple(plan.layers), tuple(plan.residual),
+                tuple(map(tuple, plan.ffn)), tuple(map(tuple, plan.heads)))
 
     def rotated(self, parent: Parent, text: Text, progress: Progress | None = None) -> Parent:
         """The parent in the principal directions of its residual stream on this text (rotate.rotated: about 10 s for

@@ -403,6 +403,11 @@ def test_one_pass_fits_every_plan_as_its_own_pass_would():
     plans = [replace(plan, layers=[0, 3]), replace(plan, layers=[0, 2])]  # after block 0: a run to 2, a run to 1
     for one, alone in zip(fit_all(parent, plans, tokens, "all"), (fit(parent, plan, tokens, "all") for plan in plans)):
         assert one.keys() == alone.keys() and all(torch.allclose(one[k], alone[k], atol=1e-6) for k in one)
+    # a plan fitted on the first windows only (the span check's maps) reads the sums as they stood after them
+    first = fit_all(parent, plans + plans[:1], tokens, ["all", "all", "depth"], windows=[16, 16, 8])
+    for one, alone in zip(first, (fit(parent, plans[0], tokens, "all"), fit(parent, plans[1], tokens, "all"),
+                                  fit(parent, plans[0], Tokens(tokens.ids[:8]), "depth"))):
+        assert one.keys() == alone.keys() and all(torch.equal(one[k], alone[k]) for k in one)
 
 
 def _ffn_error(parent, child_plan, fitted, tokens, layer):

@@ -5,6 +5,7 @@ import time
 import zipfile
 
 import pytest
+import torch
 
 from subclone import SubcloneError
 from subclone.limits import Limits
@@ -172,13 +173,40 @@ def test_an_encoder_gets_the_paper_rules_where_the_best_preset_cannot_apply(ws):
     assert any("need a causal LM" in n for n in d.notes)
 
 
+def _passes(monkeypatch) -> list:
+    """Records the plans of every pass the fits make over the calibration windows (the span check's too)."""
+    import subclone.compensate as compensate
+    import subclone.search as search
+
+    calls, real = [], compensate.measure
+
+    def counted(parent, plans, *args, **kwargs):
+        calls.append(plans)
+        return real(parent, plans, *args, **kwargs)
+    monkeypatch.setattr(compensate, "measure", counted)
+    monkeypatch.setattr(search, "measure", counted)
+    return calls
+
+
+def test_the_first_build_at_a_new_depth_fits_the_child_in_the_span_checks_pass(ws, tiny_dir, monkeypatch):
+    """The span check's one pass also fits the child for either outcome; the winner's fits are the ones kept, equal
+    to the child's own pass over the calibration windows, so the build makes no second pass."""
+    from subclone.compensate import fit
+    from subclone.importance import cache_path
+
+    cache_path(ws.parent(str(tiny_dir)), ws.text("builtin")).unlink(missing_ok=True)  # no depth checked yet
+    calls = _passes(monkeypatch)
+    d, _ = ws.build("alice", small(tiny_dir))
+    assert len(calls) == 1 and len(calls[0]) == 4  # the check's two candidates and the child with each
+    assert {tuple(p.layers) for p in calls[0][2:]} == {tuple(p.layers) for p in calls[0][:2]}
+    assert tuple(d.plan.layers) in {tuple(p.layers) for p in calls[0][2:]}
+    kept, alone = ws.fits(d.parent, d.text, d.plan), fit(d.parent, d.plan, ws.calibration(d.parent, d.text), "all")
+    assert len(calls) == 2 and kept.keys() == alone.keys() and all(torch.equal(kept[k], alone[k]) for k in kept)
+
+
 def test_the_fits_run_once_per_kept_structure(ws, tiny_dir, monkeypatch):
     """A rebuild or an export of the same design reuses the compensation fits; another shape fits again."""
-    import subclone.workspace as workspace
-
-    calls = []
-    real = workspace.fit
-    monkeypatch.setattr(workspace, "fit", lambda *a, **k: calls.append(a[1].shape) or real(*a, **k))
+    calls = _passes(monkeypatch)
     design = small(tiny_dir)
     first, _ = ws.build("alice", design)
     ws.build("alice", design)
