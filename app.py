@@ -185,7 +185,7 @@ def on_preview(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, b
              f"{shape.heads} heads / {shape.kv_heads} kv"]
     lines += [f"snapped {n}" if "→" in n else n for n in d.notes]
     pending = None if d.importance is None or kept is not None else \
-        "The block search chooses the blocks at Build (up to a minute for a new depth, once); then they show here."
+        "The kept blocks show here once Build has chosen them."  # the note above says what runs and how long
     return "  \n".join(lines), plots.block_strip(d.parent.shape.layers, kept, pending)
 
 

@@ -60,7 +60,8 @@ def test_every_view_in_chromium(app_url, tmp_path):
         for _ in range(6):
             page.keyboard.press("ArrowLeft")
         page.get_by_text("shape: 24 layers").wait_for(timeout=10_000)
-        page.get_by_text("The block search chooses the blocks at Build").wait_for(timeout=10_000)  # the default
+        page.get_by_text("The kept blocks show here once Build has chosen them").wait_for(timeout=10_000)  # the default
+        page.get_by_text("the block search for 24 blocks runs at Build").wait_for(timeout=10_000)  # said once, above
         page.wait_for_timeout(2500)  # the greyed-out figures follow the readout
         shot(VIEWS[2])
 
