@@ -119,7 +119,7 @@ def measure(parent, plans: list, tokens: Tokens, method: str | list[str], progre
     methods = [check(m) for m in ([method] * len(plans) if isinstance(method, str) else method)]
     fam, shape = parent.family, parent.shape
     if set(methods) == {"none"}:
-        return [dict for _ in plans]
+        return [dict for _ in plans]  # each solves to no fits: {}
     if not applies(fam):
         raise SubcloneError(f"compensation fits a causal LM's block outputs; {parent.name} is a {fam.kind}")
     runs = [removed_runs(p.layers, shape.layers) if m in ("depth", "all") else {} for p, m in zip(plans, methods)]
@@ -130,6 +130,7 @@ def measure(parent, plans: list, tokens: Tokens, method: str | list[str], progre
         return [dict for _ in plans]
     ids = tokens.ids[:WINDOWS]
     windows = [min(w, len(ids)) for w in windows or [len(ids)] * len(plans)]
+    ids = ids[:max(windows)]  # no window past the last one a plan reads
     if any(w % 2 and w != len(ids) for w in windows):
         raise ValueError(f"fits on a prefix of the windows need an even count (the batches are pairs): {windows}")
     needs = {}  # windows: the statistics the plans fitted on that many read

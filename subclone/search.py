@@ -179,7 +179,7 @@ def choose_span(parent, importance, tokens: Tokens, keep: int, progress: Progres
         plans += [final[0]("search"), final[0]("angular")]
         methods += [p.compensate for p in plans[2:]]
         windows += [len(tokens.ids)] * 2
-    fits = measure(parent, plans, tokens if len(plans) > 2 else Tokens(tokens.ids[:n_fit]), methods, progress and (
+    fits = measure(parent, plans, tokens, methods, progress and (
         lambda f, _: progress(0.8 * f, f"checking the search against the angular span at {keep} blocks: fitting "
                                        f"maps" + (" and the child" if len(plans) > 2 else ""))), windows)
     probe = Tokens(tokens.ids[-n_probe:])
