@@ -2,7 +2,10 @@
 
 - refit: in every kept block whose FFN (or attention) is cut, the output projection is refit on the kept neurons
   (heads) so that its output matches the parent's in the least-squares sense: with G = aᵀa the Gram matrix of its
-  inputs a and K the kept ones, W_K = argmin ‖a_K W_K − a W‖² + λ‖W_K − W[K]‖². When the residual width is cut,
+  inputs a and K the kept ones, W_K = argmin ‖a_K W_K − a W‖² + λ‖W_K − W[K]‖². Where the family says how its
+  attention is computed (Llama), a cut attention refits the kept heads' values with their output projection
+  (`fit_values`): each kept KV head's values become a least-squares mix of all the parent's value heads, so the kept
+  attention patterns can carry what the removed heads read. When the residual width is cut,
   every layer that reads the stream (q, k, v, gate, up; GPT-2's c_attn, c_fc) is refit the same way on the kept
   residual dimensions of its normalized input, so the kept dimensions also carry what the removed ones told it.
 - depth: each run of removed blocks a..b is stood in for by a linear map T of the FFN output M of the kept block
@@ -85,13 +88,22 @@ def _heads_dims(heads: list[int], head_dim: int) -> list[int]:
     return [h * head_dim + d for h in heads for d in range(head_dim)]
 
 
+def _value_fits(parent, plan) -> dict[int, tuple[int, ...]]:
+    """{block: kept query heads} of the cut attentions whose values the plan's refit fits (`fit_values`): where the
+    family computes its attention probabilities for us and each child KV head is one parent KV head."""
+    if parent.family.attention_probs is None or plan.kv_merge != 1:
+        return {}
+    return {i: tuple(heads) for i, heads in zip(plan.layers, plan.heads) if len(heads) < parent.shape.heads}
+
+
 def _refits(parent, plan) -> dict:
-    """{(block, module): kept inputs} of every layer the plan's refit changes."""
+    """{(block, module): kept inputs} of every layer the plan's refit changes by its input Gram matrix alone."""
     fam, shape, refit = parent.family, parent.shape, {}
+    values = _value_fits(parent, plan)
     for i, ffn, heads in zip(plan.layers, plan.ffn, plan.heads):
         if len(ffn) < shape.ffn:
             refit[(i, fam.ffn_input)] = ffn
-        if len(heads) < shape.heads:
+        if len(heads) < shape.heads and i not in values:
             refit[(i, fam.heads_input)] = _heads_dims(heads, shape.head_dim)
         if len(plan.residual) < shape.hidden:
             refit.update({(i, m): plan.residual for m in residual_reads(fam)})
@@ -124,9 +136,14 @@ def measure(parent, plans: list, tokens: Tokens, method: str | list[str], progre
         raise SubcloneError(f"compensation fits a causal LM's block outputs; {parent.name} is a {fam.kind}")
     runs = [removed_runs(p.layers, shape.layers) if m in ("depth", "all") else {} for p, m in zip(plans, methods)]
     refits = [_refits(parent, p) if m in ("refit", "all") else {} for p, m in zip(plans, methods)]
+    values = [_value_fits(parent, p) if m in ("refit", "all") else {} for p, m in zip(plans, methods)]
     pairs = {(p, b) for r in runs for p, b in r.items()}  # (kept block, last removed block after it)
     grams_of = set().union(*refits)  # (block, module) whose input Gram matrix some plan needs
-    if not pairs and not grams_of:
+    heads_of = {}  # block -> the kept heads of every plan that fits its values there
+    for v in values:
+        for i, heads in v.items():
+            heads_of.setdefault(i, set()).add(heads)
+    if not pairs and not grams_of and not heads_of:
         return [dict for _ in plans]
     ids = tokens.ids[:WINDOWS]
     windows = [min(w, len(ids)) for w in windows or [len(ids)] * len(plans)]
@@ -134,8 +151,9 @@ def measure(parent, plans: list, tokens: Tokens, method: str | list[str], progre
     if any(w % 2 and w != len(ids) for w in windows):
         raise ValueError(f"fits on a prefix of the windows need an even count (the batches are pairs): {windows}")
     needs = {}  # windows: the statistics the plans fitted on that many read
-    for refit, run, w in zip(refits, runs, windows):
-        needs.setdefault(w, set()).update(refit, *({("mm", p), ("mr", p, b)} for p, b in run.items()))
+    for refit, run, value, w in zip(refits, runs, values, windows):
+        needs.setdefault(w, set()).update(refit, *({("mm", p), ("mr", p, b)} for p, b in run.items()),
+                                          *({("pp", i, h), ("py", i, h)} for i, h in value.items()))
     blocks = parent.model.get_submodule(fam.layers)
     stats, seen, grams, sums = {}, {}, {}, {}
 
@@ -154,10 +172,28 @@ def measure(parent, plans: list, tokens: Tokens, method: str | list[str], progre
             seen[key] = (output[0] if isinstance(output, tuple) else output).flatten(0, 1).float()
         return hook
 
+    def values_hook(i):
+        def hook(module, args, kwargs, output):
+            x = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            probs = fam.attention_probs(module, x, kwargs)  # (batch, heads, T, T)
+            v = blocks[i].get_submodule(fam.values)(x).float()  # (batch, T, all the parent's value dims)
+            out_proj = blocks[i].get_submodule(fam.heads_input)
+            y = (output[0] if isinstance(output, tuple) else output).flatten(0, 1).float()
+            if getattr(out_proj, "bias", None) is not None:
+                y = y - out_proj.bias.float()
+            for heads in heads_of[i]:
+                # P_a = A_a V: each kept head's attention over every parent value head, side by side
+                p = (probs[:, list(heads)] @ v[:, None]).permute(0, 2, 1, 3).flatten(2).flatten(0, 1)
+                stats[("pp", i, heads)] = stats.get(("pp", i, heads), 0) + p.T @ p
+                stats[("py", i, heads)] = stats.get(("py", i, heads), 0) + p.T @ y
+        return hook
+
     starts = {p for p, _ in pairs}
     handles = [blocks[i].get_submodule(m).register_forward_hook(input_hook((i, m))) for i, m in grams_of]
     handles += [blocks[p].get_submodule(fam.ffn_input).register_forward_hook(output_hook(("m", p))) for p in starts]
     handles += [blocks[i].register_forward_hook(output_hook(("out", i))) for i in starts | {b for _, b in pairs}]
+    handles += [blocks[i].get_submodule(fam.attention).register_forward_hook(values_hook(i), with_kwargs=True)
+                for i in heads_of]
     try:
         for n, batch in enumerate(ids.split(2)):
             if progress:
@@ -178,18 +214,26 @@ def measure(parent, plans: list, tokens: Tokens, method: str | list[str], progre
     finally:
         for h in handles:
             h.remove()
-    return [lambda refit=refit, run=run, w=w: fuse(parent, refit, run, sums[w])
-            for refit, run, w in zip(refits, runs, windows)]
+    return [lambda refit=refit, run=run, value=value, w=w: fuse(parent, refit, run, sums[w], value)
+            for refit, run, value, w in zip(refits, runs, values, windows)]
 
 
-def fuse(parent, refit: dict, runs: dict, stats: dict) -> dict[str, torch.Tensor]:
-    """Solve the fits from their statistics and write them into the parent's output projections."""
-    fam = parent.family
+def fuse(parent, refit: dict, runs: dict, stats: dict, values: dict | None = None) -> dict[str, torch.Tensor]:
+    """Solve the fits from their statistics and write them into the parent's output projections (and, for the
+    value fits, value projections)."""
+    fam, shape = parent.family, parent.shape
     out = {}
+    for i, heads in (values or {}).items():
+        prefix = f"{fam.layers}.{i}"
+        wv = parent.model.get_submodule(f"{prefix}.{fam.values}").weight.detach().float()
+        wo = parent.model.get_submodule(f"{prefix}.{fam.heads_input}").weight.detach().float()
+        wv, wo = fit_values(stats[("pp", i, heads)], stats[("py", i, heads)], wv, wo, heads,
+                            shape.heads // shape.kv_heads, shape.head_dim)
+        out[f"{prefix}.{fam.values}.weight"], out[f"{prefix}.{fam.heads_input}.weight"] = wv, wo
     for i, m in set(refit) | {(p, fam.ffn_input) for p in runs}:
         prefix = f"{fam.layers}.{i}.{m}"
         module = parent.model.get_submodule(prefix)
-        w = module.weight.detach().float()
+        w = out.get(f"{prefix}.weight", module.weight).detach().float()  # a value fit, refit on the kept residual
         w_t = (w if fam.weights_in_out else w.T).clone()  # (inputs, d): output = a @ w_t + bias
         if (i, m) in refit:
             k = torch.tensor(refit[(i, m)])
@@ -204,3 +248,72 @@ def fuse(parent, refit: dict, runs: dict, stats: dict) -> dict[str, torch.Tensor
                 out[f"{prefix}.bias"] = (module.bias.detach().float() @ t).to(module.bias.dtype)
         out[f"{prefix}.weight"] = (w_t if fam.weights_in_out else w_t.T).contiguous().to(module.weight.dtype)
     return out
+
+
+def conjugate_gradients(apply: Callable, rhs: torch.Tensor, x: torch.Tensor, steps: int) -> torch.Tensor:
+    """x after `steps` steps of conjugate gradients on apply(x) = rhs (apply linear, symmetric, positive definite)."""
+    r = rhs - apply(x)
+    p, rr = r, (r * r).sum()
+    for _ in range(steps):
+        if rr == 0:
+            break
+        ap = apply(p)
+        alpha = rr / (p * ap).sum()
+        x, r = x + alpha * p, r - alpha * ap
+        rr, previous = (r * r).sum(), rr
+        p = r + rr / previous * p
+    return x
+
+
+VALUE_ROUNDS, VALUE_STEPS = 2, 20  # alternations of the value fit, and its conjugate-gradient steps in each (4
+# rounds gave the same built-in held-out perplexity as 2: 18.48 against 18.45, 6 heads / 2 KV on SmolLM2)
+
+
+def fit_values(pp: torch.Tensor, py: torch.Tensor, wv: torch.Tensor, wo: torch.Tensor, heads: tuple[int, ...],
+               group: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The value and output projections (parent shapes, (out, in)) with the kept heads' parts fitted together.
+
+    With P_a = A_a X Wvᵀ the attention of kept head a over all the parent's value heads (calibration tokens × KV·hd),
+    and Y the parent's attention output, the kept heads' output is Σ_a P_a W_g(a) O_a: each kept KV head g's values
+    become a mix W_g of all the parent's value heads (new values Wvᵀ W_g) and O_a is head a's output projection.
+    argmin ‖Y − Σ_a P_a W_g(a) O_a‖², ridged towards the parent's weights, by alternating: O by least squares (the
+    refit of the heads), then W by conjugate gradients on its normal equations. pp = PᵀP and py = PᵀY over the kept
+    heads side by side. Mixing only the parent's value heads, not every direction of the stream, measured better on
+    the built-in held-out split (18.45 against 18.91 at 6 heads / 2 KV on SmolLM2; O alone 19.43)."""
+    s = wv.shape[0]  # the parent's value dims, all KV heads
+    groups = sorted({h // group for h in heads})
+    at = [groups.index(h // group) for h in heads]  # the kept KV head each kept query head reads
+    rows = [slice(a * s, (a + 1) * s) for a in range(len(heads))]
+    cols = [slice(a * head_dim, (a + 1) * head_dim) for a in range(len(heads))]
+    w0 = torch.eye(s).view(s, -1, head_dim).transpose(0, 1)[groups]  # (kept KV, s, hd): the parent's own values
+    o0 = torch.cat([wo[:, h * head_dim:(h + 1) * head_dim].T for h in heads])  # (kept heads · hd, hidden)
+
+    def pp_times(w):  # PᵀP times the block-diagonal of each kept head's W: (kept heads · s, kept heads · hd)
+        return torch.cat([pp[:, rows[a]] @ w[at[a]] for a in range(len(heads))], 1)
+
+    def fit_o(w):
+        pw = pp_times(w)
+        zz = torch.cat([w[at[a]].T @ pw[rows[a]] for a in range(len(heads))])
+        zy = torch.cat([w[at[a]].T @ py[rows[a]] for a in range(len(heads))])
+        return solve(zz, zy, o0)
+
+    w, o = w0, fit_o(w0)
+    for _ in range(VALUE_ROUNDS):
+        oo, pyo = o @ o.T, py @ o.T
+        ridge = RIDGE * pp.diagonal().mean() * oo.diagonal().mean()
+
+        def normal(w):
+            pw, out = pp_times(w), ridge * w
+            return out.index_add(0, torch.tensor(at), torch.stack([pw[rows[a]] @ oo[:, cols[a]]
+                                                                   for a in range(len(heads))]))
+
+        rhs = (ridge * w0).index_add(0, torch.tensor(at), torch.stack([pyo[rows[a], cols[a]]
+                                                                      for a in range(len(heads))]))
+        w = conjugate_gradients(normal, rhs, w, VALUE_STEPS)
+        o = fit_o(w)
+    new_wv, new_wo = wv.clone(), wo.clone()
+    for n, g in enumerate(groups):
+        new_wv[g * head_dim:(g + 1) * head_dim] = w[n].T @ wv
+    for a, h in enumerate(heads):
+        new_wo[:, h * head_dim:(h + 1) * head_dim] = o[cols[a]].T
+    return new_wv, new_wo

@@ -339,6 +339,91 @@ def test_heads_the_refit_makes_up_for_are_removed_first():
     assert best.kv_heads[0] == [1, 2] and best.heads[0] == [2, 3, 4, 5]
 
 
+@pytest.mark.parametrize("name", ["llama", "qwen2", "mistral", "mistral-window"])
+def test_the_attention_probabilities_the_value_fit_reads_reproduce_each_attention(name):
+    """probs(attention) @ values @ output projection is the module's own output, in every block: the rotary
+    positions, the causal mask, the query heads each KV head serves and Mistral's sliding window are the module's."""
+    parent = tiny_parent("mistral" if name == "mistral-window" else name)
+    if name == "mistral-window":
+        parent.model.config.sliding_window = 5  # shorter than the 16 tokens below: the window decides
+    fam, hd = parent.family, parent.shape.head_dim
+    seen = []
+
+    def hook(module, args, kwargs, output):
+        x = kwargs["hidden_states"]
+        probs = fam.attention_probs(module, x, kwargs)
+        v = module.v_proj(x).unflatten(-1, (-1, hd)).transpose(1, 2)  # (batch, KV heads, T, hd)
+        z = probs @ v.repeat_interleave(probs.shape[1] // v.shape[1], dim=1)
+        seen.append((module.o_proj(z.transpose(1, 2).flatten(2)), output[0]))
+
+    blocks = parent.model.get_submodule(fam.layers)
+    handles = [b.get_submodule(fam.attention).register_forward_hook(hook, with_kwargs=True) for b in blocks]
+    try:
+        with torch.no_grad():
+            parent.model(input_ids=ids())
+    finally:
+        for h in handles:
+            h.remove()
+    assert len(seen) == parent.shape.layers
+    for mine, theirs in seen:
+        assert (mine - theirs).abs().max() <= 1e-5 * theirs.abs().max()
+
+
+def _attention_error(parent, plan, fitted, tokens):
+    """‖kept heads' attention output (with the fitted weights) − the parent's‖ over every kept block, parent inputs."""
+    fam, hd = parent.family, parent.shape.head_dim
+    total = 0.0
+    for i, heads in zip(plan.layers, plan.heads):
+        attention = parent.model.get_submodule(f"{fam.layers}.{i}.{fam.attention}")
+        seen = {}
+        handle = attention.register_forward_hook(lambda m, a, k, out: seen.update(k, y=out[0]), with_kwargs=True)
+        with torch.no_grad():
+            parent.model(input_ids=tokens.ids)
+        handle.remove()
+        x = seen["hidden_states"]
+        probs = fam.attention_probs(attention, x, seen)
+        get = lambda m: fitted.get(f"{fam.layers}.{i}.{m}.weight", parent.model.get_submodule(  # noqa: E731
+            f"{fam.layers}.{i}.{m}").weight).detach()
+        v = (x @ get(fam.values).T).unflatten(-1, (-1, hd)).transpose(1, 2)
+        group = parent.shape.heads // parent.shape.kv_heads
+        z = torch.cat([probs[:, [h]] @ v[:, [h // group]] for h in heads], 1).transpose(1, 2).flatten(2)
+        o = get(fam.heads_input)
+        total += (z @ o[:, [h * hd + d for h in heads for d in range(hd)]].T - seen["y"]).norm().item() ** 2
+    return total ** 0.5
+
+
+def test_the_value_fit_carries_a_removed_head_that_shares_a_kept_heads_pattern():
+    """Heads 2 and 3 of every block attend exactly as heads 1 and 0 do and write through the same output columns, with
+    values of their own: the parent's attention is then A₀ X (V₀ + V₃) O₀ + A₁ X (V₁ + V₂) O₁, which the two kept
+    heads can carry only when their values are refit too. The value fit comes close; refitting the output projection
+    alone cannot."""
+    from subclone.compensate import fit
+
+    parent = tiny_parent("mistral")  # 4 heads, each its own KV head, head dim 8
+    hd = parent.shape.head_dim
+    with torch.no_grad():
+        for block in parent.model.model.layers:
+            a = block.self_attn
+            for removed, kept in ((2, 1), (3, 0)):
+                for proj in (a.q_proj, a.k_proj):
+                    proj.weight[removed * hd:(removed + 1) * hd] = proj.weight[kept * hd:(kept + 1) * hd]
+                a.o_proj.weight[:, removed * hd:(removed + 1) * hd] = a.o_proj.weight[:, kept * hd:(kept + 1) * hd]
+    tokens = Tokens(ids(16, 32, seed=3))
+    imp = measure(parent, tokens)
+    plan = make_plan(parent, imp, resolve_shape(parent.family, parent.shape, heads=2, kv_heads=2), compensate="refit")
+    plan = replace(plan, heads=[[0, 1]] * parent.shape.layers, kv_heads=[[0, 1]] * parent.shape.layers)
+    values = fit(parent, plan, tokens, "refit")
+    alone = fit(replace(parent, family=replace(parent.family, attention_probs=None)), plan, tokens, "refit")
+    assert len(values) == 2 * parent.shape.layers and len(alone) == parent.shape.layers  # v and o; o
+    unfitted = _attention_error(parent, plan, {}, tokens)
+    assert _attention_error(parent, plan, alone, tokens) > 0.5 * unfitted  # measured 0.61×
+    assert _attention_error(parent, plan, values, tokens) < 0.3 * unfitted  # 0.17× (the ridge keeps it from 0)
+    x = ids()  # and the child built from the fits is that attention
+    child = build(parent, plan, fitted=values)
+    assert (child(input_ids=x).logits - parent.model(input_ids=x).logits).abs().max() < \
+        0.5 * (build(parent, plan, fitted=alone)(input_ids=x).logits - parent.model(input_ids=x).logits).abs().max()  # 0.26×
+
+
 def _identity_block(parent, i):
     """Zero a block's two output projections: it then passes the stream through unchanged."""
     block = parent.model.get_submodule(parent.family.layers)[i]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Callable
 
 from ..errors import SubcloneError
 
@@ -50,6 +51,12 @@ class Family:
     # pre-RMSNorm families: block norm -> the modules that read its output (what a rotation of the residual stream
     # folds the norm's weights into; empty: the stream cannot be rotated)
     norm_reads: dict = field(default_factory=dict)
+    # causal LMs with separate value projections: the attention module in a block, its value projection, and
+    # probs(attention module, its input, its keyword arguments) -> (batch, heads, T, T), the attention probabilities
+    # it computes (what the fit of the kept heads' values reads; None: only their output projection is refit)
+    attention: str | None = None
+    values: str | None = None
+    attention_probs: Callable | None = None
 
     def fan_in(self, axes: tuple):
         """What the input axis of a weight carries (None for anything but a 2-D weight)."""

@@ -1,5 +1,27 @@
 """The Llama layout: Llama, SmolLM2, Mistral, Qwen2. Pre-norm RMSNorm, rotary, grouped-query attention."""
+import torch
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
 from . import F, KV, Q, R, Family
+
+
+def attention_probs(attention, hidden_states: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    """The attention probabilities the module computes for its input (batch, T, hidden), without padding: its own
+    q and k projections, rotary positions, causal mask and sliding window (Qwen2 per layer, Mistral per model)."""
+    batch, t, _ = hidden_states.shape
+    q = attention.q_proj(hidden_states).view(batch, t, -1, attention.head_dim).transpose(1, 2)
+    k = attention.k_proj(hidden_states).view(batch, t, -1, attention.head_dim).transpose(1, 2)
+    q, k = apply_rotary_pos_emb(q, k, *kwargs["position_embeddings"])
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    scores = (q @ k.transpose(-1, -2)).float() * attention.scaling
+    window = (attention.sliding_window if hasattr(attention, "sliding_window")
+              else getattr(attention.config, "sliding_window", None))
+    pos = torch.arange(t)
+    hidden = pos[None, :] > pos[:, None]  # a query sees itself and the keys before it ...
+    if window:
+        hidden |= pos[None, :] <= pos[:, None] - window  # ... within its window
+    return scores.masked_fill(hidden, float("-inf")).softmax(-1)
+
 
 FAMILY = Family(
     name="llama",
@@ -36,6 +58,9 @@ FAMILY = Family(
     embeddings=("model.embed_tokens.weight",),
     lm_head="lm_head.weight",
     final_norm="model.norm",
+    attention="self_attn",
+    values="self_attn.v_proj",
+    attention_probs=attention_probs,
     norm_reads={"input_layernorm": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
                 "post_attention_layernorm": ("mlp.gate_proj", "mlp.up_proj")},
 )
