@@ -221,13 +221,18 @@ NOTES = """### Notes on these tables
 - Rows marked failed are peers that could not make the cut, with their own error.
 - Peak MB is resident memory above what the process held before; memory freed by earlier methods is reused, so a 0
   means the method fit in what the process already held.
-- Where a goal is missed: with 6 heads / 2 KV nothing but the output projection reads a removed head, and it is
-  refit already; what is lost is in the attention patterns, which no linear fit of the kept weights brings back.
-  Which KV group each block loses is chosen by the error the refit leaves (`search.order_heads`, chosen on the
-  built-in held-out split: 23.3 → 18.5 there). On this other domain it gains little: in the runs of 2026-11-26,
-  35.2 with the paper's activation ranking of the groups and 34.7 with the measured order, zero-shot, and 31.0
-  against 32.2 after training. The refit error is measured on the calibration text, and the groups it spares are
-  the ones that text needs.
+- Where a goal is missed: with 6 heads / 2 KV only the attention's output projection reads a removed head. The refit
+  fits the kept heads' values together with it (`compensate.fit_values`: each kept KV head's values a least-squares
+  mix of all the parent's value heads, over the kept heads' own attention patterns, fitted to the parent's attention
+  output): on the built-in held-out split 19.01 with the output projection alone, 18.77 with the values. What is
+  still lost is the removed heads' attention patterns, which no linear fit of the kept weights brings back. Which KV
+  group each block loses is chosen by the error the output projection's refit leaves (`search.order_heads`); with
+  the value fit, the paper's activation ranking of the groups instead gives 21.6 on the built-in held-out split and
+  34.1 on this text. Tried on the built-in held-out split and not adopted (16 fit windows, perplexity there): values
+  free in every direction of the stream instead of mixes of the parent's value heads, 18.91 against 18.45; an
+  output bias for the mean of what is lost, 19.69 against 19.43 with the output projection alone (on this text it
+  helped, 32.6 against 35.6, but choices are not made here); choosing the group each block loses by the error left
+  after the value fit (32 windows: it changes 3 of 30 blocks), 19.27 against 18.77.
   After training at depth 20 the search without depth maps ends lower than the default: the maps bend the down
   projections of the blocks before each cut, and 20 steps start from there.
 - Tried on the built-in held-out split and not adopted (perplexity there, default first): keeping the residual

@@ -31,8 +31,8 @@ from .importance import calibration
 Progress = Callable[[float, str], None]
 COMPENSATE = {
     "none": "no fitting: the kept weights as they are (the paper)",
-    "refit": "refit the layers that read cut neurons, heads or residual dimensions by least squares on calibration "
-             "activations",
+    "refit": "refit the layers that read cut neurons, heads or residual dimensions (and the kept heads' values) by "
+             "least squares on calibration activations",
     "depth": "replace each run of removed blocks by a least-squares linear map fused into the block before it",
     "all": "both: refit and depth maps",
 }
@@ -88,12 +88,20 @@ def _heads_dims(heads: list[int], head_dim: int) -> list[int]:
     return [h * head_dim + d for h in heads for d in range(head_dim)]
 
 
+VALUE_FIT_BYTES = 2**30  # the value fits' statistics of one plan at most (SmolLM2 at 6 heads / 2 KV: 239 MB)
+
+
 def _value_fits(parent, plan) -> dict[int, tuple[int, ...]]:
     """{block: kept query heads} of the cut attentions whose values the plan's refit fits (`fit_values`): where the
     family computes its attention probabilities for us and each child KV head is one parent KV head."""
+    shape = parent.shape
     if parent.family.attention_probs is None or plan.kv_merge != 1:
         return {}
-    return {i: tuple(heads) for i, heads in zip(plan.layers, plan.heads) if len(heads) < parent.shape.heads}
+    fits = {i: tuple(heads) for i, heads in zip(plan.layers, plan.heads) if len(heads) < shape.heads}
+    width = len(plan.heads[0]) * shape.kv_heads * shape.head_dim  # kept heads × all the parent's value dims
+    if len(fits) * (width + shape.hidden) * width * 4 > VALUE_FIT_BYTES:
+        return {}  # its statistics would not fit: the output projection alone is refit
+    return fits
 
 
 def _refits(parent, plan) -> dict:
@@ -225,11 +233,14 @@ def fuse(parent, refit: dict, runs: dict, stats: dict, values: dict | None = Non
     out = {}
     for i, heads in (values or {}).items():
         prefix = f"{fam.layers}.{i}"
-        wv = parent.model.get_submodule(f"{prefix}.{fam.values}").weight.detach().float()
+        values_proj = parent.model.get_submodule(f"{prefix}.{fam.values}")
         wo = parent.model.get_submodule(f"{prefix}.{fam.heads_input}").weight.detach().float()
-        wv, wo = fit_values(stats[("pp", i, heads)], stats[("py", i, heads)], wv, wo, heads,
-                            shape.heads // shape.kv_heads, shape.head_dim)
+        bv = values_proj.bias.detach().float() if getattr(values_proj, "bias", None) is not None else None
+        wv, bv, wo = fit_values(stats[("pp", i, heads)], stats[("py", i, heads)], values_proj.weight.detach().float(),
+                                bv, wo, heads, shape.heads // shape.kv_heads, shape.head_dim)
         out[f"{prefix}.{fam.values}.weight"], out[f"{prefix}.{fam.heads_input}.weight"] = wv, wo
+        if bv is not None:  # Qwen2: the new values mix the parent's value biases too
+            out[f"{prefix}.{fam.values}.bias"] = bv
     for i, m in set(refit) | {(p, fam.ffn_input) for p in runs}:
         prefix = f"{fam.layers}.{i}.{m}"
         module = parent.model.get_submodule(prefix)
@@ -266,12 +277,13 @@ def conjugate_gradients(apply: Callable, rhs: torch.Tensor, x: torch.Tensor, ste
 
 
 VALUE_ROUNDS, VALUE_STEPS = 2, 20  # alternations of the value fit, and its conjugate-gradient steps in each (4
-# rounds gave the same built-in held-out perplexity as 2: 18.48 against 18.45, 6 heads / 2 KV on SmolLM2)
+# rounds gave the same built-in held-out perplexity as 2: 18.48 against 18.45, 6 heads / 2 KV on SmolLM2, 16 windows)
 
 
-def fit_values(pp: torch.Tensor, py: torch.Tensor, wv: torch.Tensor, wo: torch.Tensor, heads: tuple[int, ...],
-               group: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The value and output projections (parent shapes, (out, in)) with the kept heads' parts fitted together.
+def fit_values(pp: torch.Tensor, py: torch.Tensor, wv: torch.Tensor, bv: torch.Tensor | None, wo: torch.Tensor,
+               heads: tuple[int, ...], group: int, head_dim: int):
+    """The value projection's weight and bias (None: it has none) and the output projection's weight (parent shapes,
+    (out, in)), with the kept heads' parts fitted together.
 
     With P_a = A_a X Wvᵀ the attention of kept head a over all the parent's value heads (calibration tokens × KV·hd),
     and Y the parent's attention output, the kept heads' output is Σ_a P_a W_g(a) O_a: each kept KV head g's values
@@ -279,7 +291,7 @@ def fit_values(pp: torch.Tensor, py: torch.Tensor, wv: torch.Tensor, wo: torch.T
     argmin ‖Y − Σ_a P_a W_g(a) O_a‖², ridged towards the parent's weights, by alternating: O by least squares (the
     refit of the heads), then W by conjugate gradients on its normal equations. pp = PᵀP and py = PᵀY over the kept
     heads side by side. Mixing only the parent's value heads, not every direction of the stream, measured better on
-    the built-in held-out split (18.45 against 18.91 at 6 heads / 2 KV on SmolLM2; O alone 19.43)."""
+    the built-in held-out split (18.45 against 18.91 at 6 heads / 2 KV on SmolLM2, 16 fit windows; O alone 19.43)."""
     s = wv.shape[0]  # the parent's value dims, all KV heads
     groups = sorted({h // group for h in heads})
     at = [groups.index(h // group) for h in heads]  # the kept KV head each kept query head reads
@@ -311,9 +323,11 @@ def fit_values(pp: torch.Tensor, py: torch.Tensor, wv: torch.Tensor, wo: torch.T
                                                                       for a in range(len(heads))]))
         w = conjugate_gradients(normal, rhs, w, VALUE_STEPS)
         o = fit_o(w)
-    new_wv, new_wo = wv.clone(), wo.clone()
+    new_wv, new_bv, new_wo = wv.clone(), None if bv is None else bv.clone(), wo.clone()
     for n, g in enumerate(groups):
         new_wv[g * head_dim:(g + 1) * head_dim] = w[n].T @ wv
+        if bv is not None:
+            new_bv[g * head_dim:(g + 1) * head_dim] = w[n].T @ bv
     for a, h in enumerate(heads):
         new_wo[:, h * head_dim:(h + 1) * head_dim] = o[cols[a]].T
-    return new_wv, new_wo
+    return new_wv, new_bv, new_wo
