@@ -232,7 +232,10 @@ NOTES = """### Notes on these tables
   free in every direction of the stream instead of mixes of the parent's value heads, 18.91 against 18.45; an
   output bias for the mean of what is lost, 19.69 against 19.43 with the output projection alone (on this text it
   helped, 32.6 against 35.6, but choices are not made here); choosing the group each block loses by the error left
-  after the value fit (32 windows: it changes 3 of 30 blocks), 19.27 against 18.77.
+  after the value fit (32 windows: it changes 3 of 30 blocks), 19.27 against 18.77. Fitted block by block on the
+  child's own stream (earlier blocks already cut and fitted) instead of the parent's, with the parent's attention
+  output as the target: 22.97 against 18.75 (this text 46.9 against 30.4); with the stream's drift added to the
+  target, 27.6; weighting each token by the inverse mean square of its stream, 18.67 (30.3 here), within noise.
   After training at depth 20 the search without depth maps ends lower than the default: the maps bend the down
   projections of the blocks before each cut, and 20 steps start from there.
 - Tried on the built-in held-out split and not adopted (perplexity there, default first): keeping the residual
