@@ -11,16 +11,12 @@ import math
 
 import torch
 
-from .arch import F, KV, Q, QKV, R
+from .arch import F, KV, Q, QKV, R, head_dims
 from .compensate import fit
 from .errors import SubcloneError
 from .parents import Parent, new_model
 from .plan import Plan
 from .rotate import rotated
-
-
-def _heads_to_dims(heads: list[int], head_dim: int) -> torch.Tensor:
-    return (torch.tensor(heads)[:, None] * head_dim + torch.arange(head_dim)).flatten()
 
 
 def _indices(axis, plan: Plan, j: int | None, parent_heads: int, head_dim: int) -> torch.Tensor | None:
@@ -30,11 +26,11 @@ def _indices(axis, plan: Plan, j: int | None, parent_heads: int, head_dim: int) 
     if axis == F:
         return torch.tensor(plan.ffn[j])
     if axis == Q:
-        return _heads_to_dims(plan.heads[j], head_dim)
+        return torch.tensor(head_dims(plan.heads[j], head_dim))
     if axis == KV:
-        return _heads_to_dims(plan.kv_heads[j], head_dim)
+        return torch.tensor(head_dims(plan.kv_heads[j], head_dim))
     if axis == QKV:  # GPT-2's c_attn: [q | k | v], each parent_heads * head_dim wide
-        q = _heads_to_dims(plan.heads[j], head_dim)
+        q = torch.tensor(head_dims(plan.heads[j], head_dim))
         return torch.cat([q + part * parent_heads * head_dim for part in range(3)])
     return None
 

@@ -23,7 +23,7 @@ from typing import Callable
 
 import torch
 
-from .arch import R
+from .arch import R, head_dims
 from .data import Tokens
 from .errors import SubcloneError, shown
 from .importance import calibration
@@ -84,10 +84,6 @@ def residual_reads(family) -> list[str]:
                    if key.endswith(".weight") and family.fan_in(axes) == R})
 
 
-def _heads_dims(heads: list[int], head_dim: int) -> list[int]:
-    return [h * head_dim + d for h in heads for d in range(head_dim)]
-
-
 VALUE_FIT_BYTES = 2**30  # the value fits' statistics of one plan at most (SmolLM2 at 6 heads / 2 KV: 239 MB)
 
 
@@ -112,7 +108,7 @@ def _refits(parent, plan) -> dict:
         if len(ffn) < shape.ffn:
             refit[(i, fam.ffn_input)] = ffn
         if len(heads) < shape.heads and i not in values:
-            refit[(i, fam.heads_input)] = _heads_dims(heads, shape.head_dim)
+            refit[(i, fam.heads_input)] = head_dims(heads, shape.head_dim)
         if len(plan.residual) < shape.hidden:
             refit.update({(i, m): plan.residual for m in residual_reads(fam)})
     return refit

@@ -16,6 +16,11 @@ from ..errors import SubcloneError
 R, F, Q, KV, QKV = "residual", "ffn", "heads", "kv_heads", "qkv"
 
 
+def head_dims(heads, head_dim: int) -> list[int]:
+    """The indices along a Q or KV axis of the given heads, each head_dim wide, in the order given."""
+    return [h * head_dim + d for h in heads for d in range(head_dim)]
+
+
 @dataclass(frozen=True)
 class Shape:
     """The sizes of a model: what the sliders move. head_dim is inherited from the parent."""
