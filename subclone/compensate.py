@@ -23,6 +23,7 @@ from typing import Callable
 
 import torch
 
+from . import hooks
 from .arch import R, head_dims
 from .data import Tokens
 from .errors import SubcloneError, shown
@@ -162,7 +163,7 @@ def measure(parent, plans: list, tokens: Tokens, method: str | list[str], progre
     stats, seen, grams, sums = {}, {}, {}, {}
 
     def input_hook(key):
-        def hook(_, args, output):
+        def hook(_, args, kwargs, output):
             a = args[0]  # q, k and v (gate and up) read one tensor: its Gram matrix is computed once a batch
             memo = (key[0], a.data_ptr(), tuple(a.shape))  # the tensor is held below, so its memory is not reused
             if memo not in grams:
@@ -172,7 +173,7 @@ def measure(parent, plans: list, tokens: Tokens, method: str | list[str], progre
         return hook
 
     def output_hook(key):
-        def hook(_, args, output):
+        def hook(_, args, kwargs, output):
             seen[key] = (output[0] if isinstance(output, tuple) else output).flatten(0, 1).float()
         return hook
 
@@ -193,12 +194,11 @@ def measure(parent, plans: list, tokens: Tokens, method: str | list[str], progre
         return hook
 
     starts = {p for p, _ in pairs}
-    handles = [blocks[i].get_submodule(m).register_forward_hook(input_hook((i, m))) for i, m in grams_of]
-    handles += [blocks[p].get_submodule(fam.ffn_input).register_forward_hook(output_hook(("m", p))) for p in starts]
-    handles += [blocks[i].register_forward_hook(output_hook(("out", i))) for i in starts | {b for _, b in pairs}]
-    handles += [blocks[i].get_submodule(fam.attention).register_forward_hook(values_hook(i), with_kwargs=True)
-                for i in heads_of]
-    try:
+    post = [(blocks[i].get_submodule(m), input_hook((i, m))) for i, m in grams_of]
+    post += [(blocks[p].get_submodule(fam.ffn_input), output_hook(("m", p))) for p in starts]
+    post += [(blocks[i], output_hook(("out", i))) for i in starts | {b for _, b in pairs}]
+    post += [(blocks[i].get_submodule(fam.attention), values_hook(i)) for i in heads_of]
+    with hooks.this_thread(post=post):
         for n, batch in enumerate(ids.split(2)):
             if progress:
                 progress(n * 2 / len(ids), f"fitting compensation: calibration batch {n + 1}/{-(-len(ids) // 2)}")
@@ -215,9 +215,6 @@ def measure(parent, plans: list, tokens: Tokens, method: str | list[str], progre
             done = min(2 * n + 2, len(ids))
             if done in needs:  # each sum is a new tensor after every batch: these stay as they are now
                 sums[done] = {key: stats[key] for key in needs[done]}
-    finally:
-        for h in handles:
-            h.remove()
     return [lambda refit=refit, run=run, value=value, w=w: fuse(parent, refit, run, sums[w], value)
             for refit, run, value, w in zip(refits, runs, values, windows)]
 
@@ -277,7 +274,7 @@ VALUE_ROUNDS, VALUE_STEPS = 2, 20  # alternations of the value fit, and its conj
 
 
 def fit_values(pp: torch.Tensor, py: torch.Tensor, wv: torch.Tensor, bv: torch.Tensor | None, wo: torch.Tensor,
-               heads: tuple[int, ...], group: int, head_dim: int):
+               heads: tuple[int, ...], group: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """The value projection's weight and bias (None: it has none) and the output projection's weight (parent shapes,
     (out, in)), with the kept heads' parts fitted together.
 

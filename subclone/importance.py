@@ -13,7 +13,6 @@ Records are cached on disk, keyed by parent, data and settings.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import threading
@@ -26,7 +25,7 @@ from typing import Callable
 import torch
 from safetensors.torch import load_file, save_file
 
-from . import data as data_mod
+from . import data as data_mod, hooks
 from .evaluate import mean_loss, pooled
 from .parents import Parent, home
 
@@ -98,22 +97,6 @@ def _load_cached(path: Path) -> Importance | None:
         return None
 
 
-@contextlib.contextmanager
-def _hooks(pairs):
-    """Register (module, pre_hook, hook) triples; always removed, even on error."""
-    handles = []
-    try:
-        for module, pre, post in pairs:
-            if pre is not None:
-                handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
-            if post is not None:
-                handles.append(module.register_forward_hook(post, with_kwargs=True))
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
 def _first(args, kwargs, key="hidden_states"):
     return args[0] if args else kwargs[key]
 
@@ -163,12 +146,16 @@ def measure(parent: Parent, tokens: data_mod.Tokens, batch_size: int = 4,
             z = _first(args, kwargs, "input")
             acc["heads"][i] += norm(z.unflatten(-1, (shape.heads, shape.head_dim)), dim=-1).sum((0, 1))
 
-        return [(block, pre_block, post_block),
-                (block.get_submodule(fam.ffn_input), pre_ffn, None),
-                (block.get_submodule(fam.heads_input), pre_heads, None)]
+        return [(block, pre_block), (block.get_submodule(fam.ffn_input), pre_ffn),
+                (block.get_submodule(fam.heads_input), pre_heads)], [(block, post_block)]
 
     n = len(tokens.ids)
-    with _hooks([h for i, b in enumerate(blocks) for h in hooks_for(i, b)]):
+    pre, post = [], []
+    for i, block in enumerate(blocks):
+        before, after = hooks_for(i, block)
+        pre += before
+        post += after
+    with hooks.this_thread(pre, post):
         done = 0
         for batch in tokens.batches(batch_size):
             parent.model.base_model(input_ids=batch)  # no LM head: only the blocks matter here
@@ -237,7 +224,7 @@ def drop_one(parent: Parent, tokens: data_mod.Tokens, progress: Progress | None 
     for i, block in enumerate(blocks):
         if progress:
             progress(i / len(blocks), f"dropping block {i + 1}/{len(blocks)}")
-        with _hooks([(block, None, skip)]):
+        with hooks.this_thread(post=[(block, skip)]):
             got = run()
         out.append(got - base if kind == "causal-lm"
                    else 1 - torch.nn.functional.cosine_similarity(got, base, dim=-1).mean())

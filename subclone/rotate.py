@@ -17,6 +17,7 @@ import hashlib
 
 import torch
 
+from . import hooks
 from .arch import R
 from .errors import SubcloneError
 from .parents import Parent, new_model
@@ -51,18 +52,14 @@ def directions(parent: Parent, tokens) -> torch.Tensor:
     d = parent.shape.hidden
     cov = torch.zeros(d, d, dtype=torch.float64)
 
-    def hook(_, args):
-        x = args[0].flatten(0, 1).double()
+    def hook(_, args, kwargs):
+        x = (args[0] if args else kwargs["hidden_states"]).flatten(0, 1).double()
         x = x / x.pow(2).mean(1, keepdim=True).sqrt().clamp_min(1e-12)
         cov.add_(x.T @ x)
 
-    handles = [n.register_forward_pre_hook(hook) for n in norms]
-    try:
+    with hooks.this_thread(pre=[(n, hook) for n in norms]):
         for batch in tokens.ids[:WINDOWS].split(2):
             parent.model.base_model(input_ids=batch, use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
     variance, q = torch.linalg.eigh(cov)
     return q[:, variance.argsort(descending=True)].float()
 

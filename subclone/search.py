@@ -31,6 +31,7 @@ from typing import Callable
 
 import torch
 
+from . import hooks
 from .compensate import measure, solve
 from .data import Tokens
 from .errors import SubcloneError
@@ -68,13 +69,8 @@ class Stack:
                 self.calls[i] = (args[1:], {k: v for k, v in kwargs.items() if k != "hidden_states"})
             return hook
 
-        handles = [b.register_forward_pre_hook(record(i), with_kwargs=True) for i, b in enumerate(self.blocks)]
-        try:
-            with torch.no_grad():
-                self.model.base_model(input_ids=ids, use_cache=False)
-        finally:
-            for h in handles:
-                h.remove()
+        with hooks.this_thread(pre=[(b, record(i)) for i, b in enumerate(self.blocks)]), torch.no_grad():
+            self.model.base_model(input_ids=ids, use_cache=False)
         self.embedded = first["h"]
 
     @torch.no_grad()
@@ -234,20 +230,16 @@ def order_heads(parent, importance, tokens: Tokens, progress: Progress | None = 
     grams = {}
 
     def hook(i):
-        def pre(_, args):
-            z = args[0].flatten(0, 1).float()
+        def pre(_, args, kwargs):
+            z = (args[0] if args else kwargs["input"]).flatten(0, 1).float()
             grams[i] = grams.get(i, 0) + z.T @ z
         return pre
 
-    handles = [b.get_submodule(fam.heads_input).register_forward_pre_hook(hook(i)) for i, b in enumerate(blocks)]
-    try:
+    with hooks.this_thread(pre=[(b.get_submodule(fam.heads_input), hook(i)) for i, b in enumerate(blocks)]):
         for n, batch in enumerate(tokens.ids.split(2)):
             if progress:
                 progress(n * 2 / len(tokens.ids), "choosing heads: measuring what each attention output reads")
-            parent.model.base_model(input_ids=batch)
-    finally:
-        for h in handles:
-            h.remove()
+            parent.model.base_model(input_ids=batch, use_cache=False)
     order = []
     for i, block in enumerate(blocks):
         w = block.get_submodule(fam.heads_input).weight.detach().double()

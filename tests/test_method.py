@@ -371,7 +371,10 @@ def test_the_attention_probabilities_the_value_fit_reads_reproduce_each_attentio
 
 def _attention_error(parent, plan, fitted, tokens):
     """‖kept heads' attention output (with the fitted weights) − the parent's‖ over every kept block, parent inputs."""
+    from subclone.arch import head_dims
+
     fam, hd = parent.family, parent.shape.head_dim
+    state = {**parent.model.state_dict(), **fitted}
     total = 0.0
     for i, heads in zip(plan.layers, plan.heads):
         attention = parent.model.get_submodule(f"{fam.layers}.{i}.{fam.attention}")
@@ -382,13 +385,12 @@ def _attention_error(parent, plan, fitted, tokens):
         handle.remove()
         x = seen["hidden_states"]
         probs = fam.attention_probs(attention, x, seen)
-        state = {**parent.model.state_dict(), **fitted}
         param = lambda key: state.get(f"{fam.layers}.{i}.{key}", 0)  # noqa: E731  (no bias: 0)
         v = (x @ param(f"{fam.values}.weight").T + param(f"{fam.values}.bias")).unflatten(-1, (-1, hd)).transpose(1, 2)
         group = parent.shape.heads // parent.shape.kv_heads
         z = torch.cat([probs[:, [h]] @ v[:, [h // group]] for h in heads], 1).transpose(1, 2).flatten(2)
         o = param(f"{fam.heads_input}.weight")
-        total += (z @ o[:, [h * hd + d for h in heads for d in range(hd)]].T - seen["y"]).norm().item() ** 2
+        total += (z @ o[:, head_dims(heads, hd)].T - seen["y"]).norm().item() ** 2
     return total ** 0.5
 
 
