@@ -115,24 +115,29 @@ def _refits(parent, plan) -> dict:
     return refit
 
 
-def fit(parent, plan, tokens: Tokens, method: str, progress: Progress | None = None) -> dict[str, torch.Tensor]:
+def fit(parent, plan, tokens: Tokens, method: str, progress: Progress | None = None,
+        store: dict | None = None) -> dict[str, torch.Tensor]:
     """Parent-space replacements {state-dict key: tensor} for the output projections the fits change."""
-    return fit_all(parent, [plan], tokens, method, progress)[0]
+    return fit_all(parent, [plan], tokens, method, progress, store=store)[0]
 
 
 def fit_all(parent, plans: list, tokens: Tokens, method: str | list[str], progress: Progress | None = None,
-            windows: list[int] | None = None) -> list[dict]:
+            windows: list[int] | None = None, store: dict | None = None) -> list[dict]:
     """`fit` for several plans in one pass over the calibration windows (see `measure`)."""
-    return [solved() for solved in measure(parent, plans, tokens, method, progress, windows)]
+    return [solved() for solved in measure(parent, plans, tokens, method, progress, windows, store)]
 
 
 @torch.no_grad()
 def measure(parent, plans: list, tokens: Tokens, method: str | list[str], progress: Progress | None = None,
-            windows: list[int] | None = None) -> list[Callable[[], dict]]:
+            windows: list[int] | None = None, store: dict | None = None) -> list[Callable[[], dict]]:
     """One pass over the calibration windows for several plans' fits (the statistics of one block serve every plan
     that fits it); each plan's fits are solved when its function is called, so only the plans used cost memory.
     `method` and `windows` may differ per plan: a plan fitted on its first n windows (even) reads the sums as they
-    stood after them, the same numbers its own pass over those windows would give."""
+    stood after them, the same numbers its own pass over those windows would give.
+
+    `store` holds statistics over all the windows measured before on this parent and these tokens (a layer's input
+    Gram matrix serves every plan that refits the layer, whatever it keeps): what it has is not measured again, what
+    this pass measures over all the windows is added to it, and with nothing left to measure there is no pass."""
     methods = [check(m) for m in ([method] * len(plans) if isinstance(method, str) else method)]
     fam, shape = parent.family, parent.shape
     if set(methods) == {"none"}:
@@ -150,15 +155,24 @@ def measure(parent, plans: list, tokens: Tokens, method: str | list[str], progre
             heads_of.setdefault(i, set()).add(heads)
     if not pairs and not grams_of and not heads_of:
         return [dict for _ in plans]
-    ids = tokens.ids[:WINDOWS]
-    windows = [min(w, len(ids)) for w in windows or [len(ids)] * len(plans)]
-    ids = ids[:max(windows)]  # no window past the last one a plan reads
-    if any(w % 2 and w != len(ids) for w in windows):
+    full = len(tokens.ids[:WINDOWS])
+    windows = [min(w, full) for w in windows or [full] * len(plans)]
+    if any(w % 2 and w != full for w in windows):
         raise ValueError(f"fits on a prefix of the windows need an even count (the batches are pairs): {windows}")
     needs = {}  # windows: the statistics the plans fitted on that many read
     for refit, run, value, w in zip(refits, runs, values, windows):
         needs.setdefault(w, set()).update(refit, *({("mm", p), ("mr", p, b)} for p, b in run.items()),
                                           *({("pp", i, h), ("py", i, h)} for i, h in value.items()))
+    store = {} if store is None else store
+    known = {key: store[key] for key in needs.get(full, ()) if key in store}
+    todo = {w: left for w, keys in needs.items() if (left := keys - (known.keys() if w == full else set()))}
+    measured = set().union(*todo.values())
+    grams_of = {key for key in grams_of if key in measured}
+    grams_m = {p for p, _ in pairs if ("mm", p) in measured}  # the blocks whose maps' input Gram matrix is needed
+    pairs = {(p, b) for p, b in pairs if ("mr", p, b) in measured}
+    heads_of = {i: {h for h in hs if ("pp", i, h) in measured} for i, hs in heads_of.items()}
+    heads_of = {i: hs for i, hs in heads_of.items() if hs}
+    ids = tokens.ids[:max(todo, default=0)]  # no window past the last one a plan still needs (none: no pass)
     blocks = parent.model.get_submodule(fam.layers)
     stats, seen, grams, sums = {}, {}, {}, {}
 
@@ -168,8 +182,10 @@ def measure(parent, plans: list, tokens: Tokens, method: str | list[str], progre
             memo = (key[0], a.data_ptr(), tuple(a.shape))  # the tensor is held below, so its memory is not reused
             if memo not in grams:
                 flat = a.flatten(0, 1).float()
-                grams[memo] = (a, flat.T @ flat)
-            stats[key] = stats.get(key, 0) + grams[memo][1]
+                grams[memo] = (a, flat.T @ flat, key)
+                stats[key] = stats.get(key, 0) + grams[memo][1]
+            else:  # the same input as a layer before it in this block: the same sum, one tensor for both
+                stats[key] = stats[grams[memo][2]]
         return hook
 
     def output_hook(key):
@@ -195,15 +211,15 @@ def measure(parent, plans: list, tokens: Tokens, method: str | list[str], progre
 
     starts = {p for p, _ in pairs}
     post = [(blocks[i].get_submodule(m), input_hook((i, m))) for i, m in grams_of]
-    post += [(blocks[p].get_submodule(fam.ffn_input), output_hook(("m", p))) for p in starts]
+    post += [(blocks[p].get_submodule(fam.ffn_input), output_hook(("m", p))) for p in starts | grams_m]
     post += [(blocks[i], output_hook(("out", i))) for i in starts | {b for _, b in pairs}]
     post += [(blocks[i].get_submodule(fam.attention), values_hook(i)) for i in heads_of]
     with hooks.this_thread(post=post):
-        for n, batch in enumerate(ids.split(2)):
+        for n, batch in enumerate(ids.split(2) if len(ids) else ()):
             if progress:
                 progress(n * 2 / len(ids), f"fitting compensation: calibration batch {n + 1}/{-(-len(ids) // 2)}")
             parent.model.base_model(input_ids=batch, use_cache=False)
-            for p in starts:
+            for p in grams_m:
                 m = seen[("m", p)]
                 stats[("mm", p)] = stats.get(("mm", p), 0) + m.T @ m
             for p, b in pairs:
@@ -213,9 +229,11 @@ def measure(parent, plans: list, tokens: Tokens, method: str | list[str], progre
             seen.clear()
             grams.clear()
             done = min(2 * n + 2, len(ids))
-            if done in needs:  # each sum is a new tensor after every batch: these stay as they are now
-                sums[done] = {key: stats[key] for key in needs[done]}
-    return [lambda refit=refit, run=run, value=value, w=w: fuse(parent, refit, run, sums[w], value)
+            if done in todo:  # each sum is a new tensor after every batch: these stay as they are now
+                sums[done] = {key: stats[key] for key in todo[done]}
+    store.update(sums.get(full, {}))
+    got = {w: {**(known if w == full else {}), **sums.get(w, {})} for w in needs}
+    return [lambda refit=refit, run=run, value=value, w=w: fuse(parent, refit, run, got[w], value)
             for refit, run, value, w in zip(refits, runs, values, windows)]
 
 

@@ -204,8 +204,9 @@ def _nbytes(obj) -> int:
     if isinstance(obj, Reference):
         tensors = [*(obj.logp or []), *(obj.top1 or []), *([obj.pooled] if obj.pooled is not None else [])]
         return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
-    if isinstance(obj, dict):  # compensation fits: {key: tensor}
-        return sum(t.numel() * t.element_size() for t in obj.values() if isinstance(t, torch.Tensor))
+    if isinstance(obj, dict):  # compensation fits or their statistics: {key: tensor}, a tensor may serve two keys
+        tensors = {id(t): t for t in obj.values() if isinstance(t, torch.Tensor)}
+        return sum(t.numel() * t.element_size() for t in tensors.values())
     if isinstance(obj, Session):  # the children it holds (the current one is often also a trained one)
         models = [s.built[1]] if (s := obj).built else []
         models += [h[0] for h in s.healed.values()]
@@ -475,10 +476,19 @@ class Workspace:
 
     def fits(self, parent: Parent, text: Text, plan: Plan, progress: Progress | None = None) -> dict:
         """A compensated plan's fits, run on the calibration windows once per parent, text and kept structure, and
-        kept with the parents (bounded), so a rebuild, an export or a sweep of the same child does not refit."""
-        return self._once(self._fits_key(parent, text, plan),
-                          lambda: fit(parent, plan, self.calibration(parent, text), plan.compensate, progress),
-                          heavy=True)
+        kept with the parents (bounded), so a rebuild, an export or a sweep of the same child does not refit. The
+        statistics they are solved from are kept too (bounded), so another plan that refits the same layers, at
+        another width or depth, measures only what it adds."""
+        def make():
+            key = ("fit statistics", parent.fingerprint, text.digest)
+            store = self._once(key, dict, heavy=True)
+            fits = fit(parent, plan, self.calibration(parent, text), plan.compensate, progress, store=store)
+            with self._lock:
+                if key in self._heavy:  # it grew: counted again
+                    self._heavy[key] = (store, _nbytes(store))
+            self._evict(keep=key)
+            return fits
+        return self._once(self._fits_key(parent, text, plan), make, heavy=True)
 
     @staticmethod
     def _fits_key(parent: Parent, text: Text, plan: Plan) -> tuple:

@@ -520,6 +520,40 @@ def test_one_pass_fits_every_plan_as_its_own_pass_would():
         assert one.keys() == alone.keys() and all(torch.equal(one[k], alone[k]) for k in one)
 
 
+def test_statistics_kept_in_a_store_give_the_same_fits_and_are_not_measured_again():
+    """Another width or depth of the same parent and windows measures only the statistics it adds: the layers'
+    input Gram matrices serve every plan that refits them, whatever it keeps; new depth maps need a pass of their own;
+    a plan with nothing new makes no pass. The fits are those of a fresh pass."""
+    from subclone.compensate import fit, fit_all
+
+    parent = tiny_parent("llama")  # 6 heads / 3 KV, 4 blocks
+    p = parent.shape
+    tokens = Tokens(ids(8, 16, seed=3))
+    imp = measure(parent, tokens)
+    shape = lambda **kw: resolve_shape(parent.family, p, **kw)  # noqa: E731
+    plans = [make_plan(parent, imp, shape(hidden=32, ffn=24, heads=4, kv_heads=2), compensate="all"),
+             make_plan(parent, imp, shape(layers=3, hidden=24, ffn=16, heads=4, kv_heads=2), compensate="all",
+                       block_rule="middle"),  # block 1 removed: a map after block 0
+             make_plan(parent, imp, shape(layers=3, hidden=40, ffn=30, heads=4, kv_heads=2), compensate="all",
+                       block_rule="middle")]
+    store, added, batches = {}, [], []
+    for plan in plans:
+        before = set(store)
+        with_store = fit(parent, plan, tokens, "all", progress=lambda f, m: batches.append(plan), store=store)
+        added.append({key[0] if isinstance(key[0], str) else key[1] for key in set(store) - before})
+        fresh = fit(parent, plan, tokens, "all")
+        assert with_store.keys() == fresh.keys() and all(torch.allclose(with_store[k], fresh[k]) for k in fresh)
+    assert {"mlp.down_proj", "self_attn.q_proj", "mlp.up_proj", "pp", "py"} <= added[0]  # every layer, every head
+    assert added[1] == {"mm", "mr"}  # the depth maps, and only them
+    assert added[2] == set() and sum(b is plans[2] for b in batches) == 0  # no pass at all
+    assert sum(b is plans[1] for b in batches) == 4  # the 8 windows in pairs
+    # a plan fitted on its first windows only does not read the store's sums over all of them
+    every, part = fit_all(parent, plans[:1] * 2, tokens, "all", windows=[8, 4], store=store)
+    alone = fit(parent, plans[0], Tokens(tokens.ids[:4]), "all")
+    assert part.keys() == alone.keys() and all(torch.equal(part[k], alone[k]) for k in alone)
+    assert all(torch.allclose(every[k], v) for k, v in fit(parent, plans[0], tokens, "all").items())
+
+
 def _ffn_error(parent, child_plan, fitted, tokens, layer):
     """‖FFN output of the kept neurons − the parent's FFN output‖ on the tokens, in one parent block."""
     fam = parent.family

@@ -218,6 +218,7 @@ def test_the_fits_run_once_per_kept_structure(ws, tiny_dir, monkeypatch):
     assert len(calls) == 3
     ws.child(first)  # the first shape's fits are still kept
     assert len(calls) == 3
+    assert sum(key[0] == "fit statistics" for key in ws.cached()) == 1  # one store for the parent and text
 
 
 def test_principal_directions_are_measured_once_per_parent_and_text(ws, tiny_dir, monkeypatch):
