@@ -712,6 +712,10 @@ class Workspace:
                                 "child")
         d = self.design(design, s, compute=True)
         records, box, pace = queue.Queue(), {}, Pace(config.steps * len(inits))
+
+        def fitted(plan):  # the fits Build made (cached); in principal directions the init rotates and fits itself
+            return self.fits(d.parent, d.text, plan) if plan.basis == "dims" else None
+
         with s.job("training") as job:
             def work():
                 try:
@@ -720,7 +724,7 @@ class Workspace:
                                                 on_step=pace.step,
                                                 block_rule=d.plan.block_rule, neuron_rule=d.plan.neuron_rule,
                                                 scale=d.plan.scale, score=d.plan.score, compensate=d.plan.compensate,
-                                                basis=d.plan.basis)
+                                                basis=d.plan.basis, fitted=fitted)
                 except BaseException as e:  # handed to the consumer below
                     box["error"] = e
                 finally:

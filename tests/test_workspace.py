@@ -221,6 +221,18 @@ def test_the_fits_run_once_per_kept_structure(ws, tiny_dir, monkeypatch):
     assert sum(key[0] == "fit statistics" for key in ws.cached()) == 1  # one store for the parent and text
 
 
+def test_heal_trains_from_the_fits_build_made(ws, tiny_dir, monkeypatch):
+    """The subclone init of Heal is the child Build fitted: no second pass over the calibration windows."""
+    calls = _passes(monkeypatch)
+    design = small(tiny_dir)
+    ws.build("gus", design)
+    assert len(calls) == 1
+    events = list(ws.heal("gus", design, steps=1, inits=["subclone", "random"]))
+    assert events[-1][0] == "done" and len(calls) == 1
+    list(ws.heal("gus", dataclasses.replace(design, ffn=16), steps=1, inits=["subclone"]))  # a shape not built
+    assert len(calls) == 2
+
+
 def test_principal_directions_are_measured_once_per_parent_and_text(ws, tiny_dir, monkeypatch):
     """A child in principal directions is cut from the rotated parent, made once and kept: another shape reuses it.
     Its size counts the untied LM head, in the readout before anything is built too. A family that cannot rotate
