@@ -129,7 +129,7 @@ def greedy_removals(parent, tokens: Tokens, keep: int, done: list[int] = (), wid
 
 
 def extend(parent, importance, tokens: Tokens, keep: int, progress: Progress | None = None,
-           final: Final | None = None) -> bool:
+           final: Final | None = None, store: dict | None = None) -> bool:
     """Make sure the record's removals reach a stack of `keep` blocks and the span check at `keep` is done; True
     when it had to measure. With `final`, the check also fits the child about to be built (see `choose_span`)."""
     done = [] if importance.removals is None else importance.removals.tolist()
@@ -137,7 +137,7 @@ def extend(parent, importance, tokens: Tokens, keep: int, progress: Progress | N
     if searched_now:
         order = greedy_removals(parent, tokens, keep, done, progress=progress)
         importance.removals = torch.tensor(order, dtype=torch.int64)
-    return choose_span(parent, importance, tokens, keep, progress, final) or searched_now
+    return choose_span(parent, importance, tokens, keep, progress, final, store) or searched_now
 
 
 def _span_checked(importance, keep: int) -> bool:
@@ -146,14 +146,14 @@ def _span_checked(importance, keep: int) -> bool:
 
 @torch.no_grad()
 def choose_span(parent, importance, tokens: Tokens, keep: int, progress: Progress | None = None,
-                final: Final | None = None) -> bool:
+                final: Final | None = None, store: dict | None = None) -> bool:
     """Record at `keep` blocks whether the angular span beats the greedy removals once depth maps stand in for the
     removed blocks of each (see the module's docstring); True when it had to measure.
 
     `final` = (make, fitted): the child about to be built is fitted in the same pass over the calibration windows
     (the check's maps read the sums after its first windows): make(block rule) is its plan with the greedy removals
     ("search", while this depth is unrecorded) or the span ("angular"), and fitted(plan, fits) receives the fits of
-    the one that wins."""
+    the one that wins. `store` keeps the statistics of those fits (see `compensate.measure`)."""
     from .clone import build  # clone builds on plan, which reads this module's record
     from .plan import make_plan, resolve_shape
 
@@ -177,7 +177,7 @@ def choose_span(parent, importance, tokens: Tokens, keep: int, progress: Progres
         windows += [len(tokens.ids)] * 2
     fits = measure(parent, plans, tokens, methods, progress and (
         lambda f, _: progress(0.8 * f, f"checking the search against the angular span at {keep} blocks: fitting "
-                                       f"maps" + (" and the child" if len(plans) > 2 else ""))), windows)
+                                       f"maps" + (" and the child" if len(plans) > 2 else ""))), windows, store)
     probe = Tokens(tokens.ids[-n_probe:])
     loss = []
     for n, (plan, fitted) in enumerate(zip((greedy, span), fits)):

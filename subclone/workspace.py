@@ -465,9 +465,13 @@ class Workspace:
             lock = self._searching.setdefault((parent.fingerprint, text.digest), threading.Lock())
         with lock:  # one search per parent and text at a time; a second caller finds it done
             done = heads and order_heads(parent, imp, self.calibration(parent, text), progress=progress)
-            done |= keep is not None and extend(parent, imp, self.calibration(parent, text), keep, progress, final)
+            key, store = self._statistics(parent, text) if final else (None, None)
+            done |= keep is not None and extend(parent, imp, self.calibration(parent, text), keep, progress, final,
+                                                store)
             if done:
                 imp.save(cache_path(parent, text))
+            if key:
+                self._recount(key)
 
     def calibration(self, parent: Parent, text: Text):
         """The calibration windows the fits of a compensated plan use (the first 16 are the ones importance was
@@ -480,15 +484,23 @@ class Workspace:
         statistics they are solved from are kept too (bounded), so another plan that refits the same layers, at
         another width or depth, measures only what it adds."""
         def make():
-            key = ("fit statistics", parent.fingerprint, text.digest)
-            store = self._once(key, dict, heavy=True)
+            key, store = self._statistics(parent, text)
             fits = fit(parent, plan, self.calibration(parent, text), plan.compensate, progress, store=store)
-            with self._lock:
-                if key in self._heavy:  # it grew: counted again
-                    self._heavy[key] = (store, _nbytes(store))
-            self._evict(keep=key)
+            self._recount(key)
             return fits
         return self._once(self._fits_key(parent, text, plan), make, heavy=True)
+
+    def _statistics(self, parent: Parent, text: Text) -> tuple[tuple, dict]:
+        """(key, store) of the statistics the fits of this parent and text are solved from (see `fits`)."""
+        key = ("fit statistics", parent.fingerprint, text.digest)
+        return key, self._once(key, dict, heavy=True)
+
+    def _recount(self, key) -> None:
+        """A shared entry that grew in place is counted again, and the bound kept."""
+        with self._lock:
+            if key in self._heavy:
+                self._heavy[key] = (self._heavy[key][0], _nbytes(self._heavy[key][0]))
+        self._evict(keep=key)
 
     @staticmethod
     def _fits_key(parent: Parent, text: Text, plan: Plan) -> tuple:

@@ -221,6 +221,22 @@ def test_the_fits_run_once_per_kept_structure(ws, tiny_dir, monkeypatch):
     assert sum(key[0] == "fit statistics" for key in ws.cached()) == 1  # one store for the parent and text
 
 
+def test_another_width_after_a_searched_build_measures_nothing_again(ws, tiny_dir):
+    """The default rules search the blocks at Build and fit the child in the span check's pass; the statistics of
+    that pass are kept, so another FFN width at the same depth is solved without running the parent again."""
+    design = small(tiny_dir)
+    d, _ = ws.build("ivy", design, speed=False)
+    assert d.plan.block_rule in ("search", "angular") and d.plan.compensate == "all"
+    passes = []
+    handle = d.parent.model.get_submodule(d.parent.family.layers)[0].register_forward_pre_hook(
+        lambda *a: passes.append(1))
+    try:
+        ws.build("ivy", dataclasses.replace(design, ffn=16), speed=False)
+    finally:
+        handle.remove()
+    assert passes == []
+
+
 def test_heal_trains_from_the_fits_build_made(ws, tiny_dir, monkeypatch):
     """The subclone init of Heal is the child Build fitted: no second pass over the calibration windows."""
     calls = _passes(monkeypatch)
