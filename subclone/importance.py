@@ -123,7 +123,9 @@ def measure(parent: Parent, tokens: data_mod.Tokens, batch_size: int = 4,
             units["h"] = torch.empty(*v.shape[:-1], L + 1, v.shape[-1])
         return torch.div(v.float(), n, out=units["h"][..., i, :])
 
-    def hooks_for(i, block):
+    pre, post = [], []
+
+    def add_hooks(i, block):  # the block's hooks, into pre and post
         def pre_block(_, args, kwargs):
             x = block_in[i] = _first(args, kwargs)
             if i == 0:  # later blocks read what the block before wrote, already normalized there
@@ -146,15 +148,13 @@ def measure(parent: Parent, tokens: data_mod.Tokens, batch_size: int = 4,
             z = _first(args, kwargs, "input")
             acc["heads"][i] += norm(z.unflatten(-1, (shape.heads, shape.head_dim)), dim=-1).sum((0, 1))
 
-        return [(block, pre_block), (block.get_submodule(fam.ffn_input), pre_ffn),
-                (block.get_submodule(fam.heads_input), pre_heads)], [(block, post_block)]
+        pre.extend([(block, pre_block), (block.get_submodule(fam.ffn_input), pre_ffn),
+                    (block.get_submodule(fam.heads_input), pre_heads)])
+        post.append((block, post_block))
 
-    n = len(tokens.ids)
-    pre, post = [], []
     for i, block in enumerate(blocks):
-        before, after = hooks_for(i, block)
-        pre += before
-        post += after
+        add_hooks(i, block)
+    n = len(tokens.ids)
     with hooks.this_thread(pre, post):
         done = 0
         for batch in tokens.batches(batch_size):

@@ -4,8 +4,8 @@ A block's removal changes only what comes after it. `Stack` runs the parent's bl
 calibration windows and keeps the residual stream entering each kept block, so trying a removal runs only the
 blocks after it, from the cached stream. Each step tries the `width` blocks that move the stream least in the
 current stack (lowest 1 − cos between a block's input and output, the cheap screen) and removes the one whose
-removal moves the next-token distribution least from the parent's (KL(parent ‖ stack)); the cached stream after it
-is then recomputed.
+removal moves the next-token distribution least from the parent's (KL(parent ‖ stack)); the winner's trial is
+the cached stream from then on (it is not run again).
 
 Removals are nested: the child with n blocks keeps what the first L − n removals leave, so one search serves
 every depth down to where it stopped, and a deeper cut resumes it (`extend`, which keeps the order in the
@@ -32,7 +32,7 @@ from typing import Callable
 import torch
 
 from . import hooks
-from .compensate import measure, solve
+from .compensate import gram_matrix, measure, solve
 from .data import Tokens
 from .errors import SubcloneError
 from .evaluate import mean_loss
@@ -121,10 +121,15 @@ def greedy_removals(parent, tokens: Tokens, keep: int, done: list[int] = (), wid
             progress((len(order) - len(done)) / total, f"searching: removing block {len(order) - len(done) + 1} of "
                                                        f"{total}")
         screen = sorted(range(len(kept)), key=lambda p: _moves(stream[p], stream[p + 1]))[:width]
-        trials = {p: stack.divergence(stack.stream(kept[p + 1:], stream[p])[-1], target) for p in screen}
-        p = min(trials, key=trials.get)
+        best = None  # (divergence, position, the stream from there on with that block removed)
+        for p in screen:
+            after = stack.stream(kept[p + 1:], stream[p])
+            divergence = stack.divergence(after[-1], target)
+            if best is None or divergence < best[0]:
+                best = (divergence, p, after)
+        _, p, after = best
+        stream[p:] = after  # the winner's trial is the new stack's stream: nothing to run again
         order.append(kept.pop(p))
-        stream[p:] = stack.stream(kept[p:], stream[p])
     return order
 
 
@@ -232,7 +237,7 @@ def order_heads(parent, importance, tokens: Tokens, progress: Progress | None = 
     def hook(i):
         def pre(_, args, kwargs):
             z = (args[0] if args else kwargs["input"]).flatten(0, 1).float()
-            grams[i] = grams.get(i, 0) + z.T @ z
+            grams[i] = grams.get(i, 0) + gram_matrix(z)
         return pre
 
     with hooks.this_thread(pre=[(b.get_submodule(fam.heads_input), hook(i)) for i, b in enumerate(blocks)]):
