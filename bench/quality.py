@@ -39,6 +39,7 @@ from subclone.train import TrainConfig, train  # noqa: E402
 LICENSES = Path("/usr/share/common-licenses")
 SHAPES = {"depth 20": dict(layers=20), "ffn 768": dict(ffn=768), "hidden 432": dict(hidden=432),
           "24 / 504 / 1280": dict(layers=24, hidden=504, ffn=1280), "6 heads / 2 KV": dict(heads=6, kv_heads=2)}
+SMOKE = {"depth 28": dict(layers=28)}  # the smoke's shape: a search of two removals, not ten
 PAPER, BEST = PRESETS["paper"], PRESETS["best"]
 
 
@@ -163,8 +164,8 @@ def main():
     ctx = dict(cal=cal, imp=imp, importance_seconds=time.perf_counter() - t, span_seconds={},
                train=parent.tokenize(text.calibration, 128, 10**9, "training"),
                train_eval=parent.tokenize(text.held_out, 128, 4, "held-out"))
-    shapes = [s.strip() for s in args.shapes.split(",")] if not args.smoke else ["depth 20"]
-    deepest = min(resolve_shape(parent.family, parent.shape, **SHAPES[s]).layers for s in shapes)
+    shapes = SMOKE if args.smoke else {s.strip(): SHAPES[s.strip()] for s in args.shapes.split(",")}
+    deepest = min(resolve_shape(parent.family, parent.shape, **sizes).layers for sizes in shapes.values())
     t = time.perf_counter()
     extend(parent, imp, cal, deepest)
     ctx["search_seconds"] = time.perf_counter() - t
@@ -178,7 +179,7 @@ def main():
           f"{ctx['heads_seconds']:.1f} s.\n")
     for name in shapes:
         rows = []
-        todo = methods(parent, ctx, name, SHAPES[name])[: 2 if args.smoke else None]
+        todo = methods(parent, ctx, name, shapes[name])[: 2 if args.smoke else None]
         for label, ours, make in todo:
             with Peak() as peak:
                 t = time.perf_counter()
