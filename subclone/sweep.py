@@ -14,7 +14,7 @@ from .arch import Shape
 from .clone import build
 from .errors import SubcloneError
 from .evaluate import Reference, evaluate
-from .plan import describe, make_plan, snap_shape
+from .plan import Plan, describe, make_plan, snap_shape
 
 
 def parse_list(text: str, what: str, cast=float) -> list:
@@ -59,21 +59,25 @@ def pareto(frame: pd.DataFrame, x: str, y: str, lower_is_better: bool = True) ->
     return pd.Series(front, index=frame.index)
 
 
-def children(parent, importance, ref: Reference, shapes: list[Shape], block_rule: str = "magnitude",
-             neuron_rule: str = "importance", scale=None, score: str = "activation", compensate: str = "none",
-             calibration=None, fitted: Callable | None = None, basis: str = "dims") -> Iterator[dict]:
-    """Build and evaluate each shape in turn, yielding its row (size and zero-shot quality) as soon as it is measured.
-    With compensation each child is fitted on the calibration tokens first (seconds per child); `fitted(plan)`, when
-    given, supplies those fits (a cache). In principal directions, give the rotated parent (rotate.rotated) once
-    rather than rotating for every child."""
-    for shape in shapes:
+def plans(parent, importance, shapes: list[Shape], block_rule: str = "magnitude", neuron_rule: str = "importance",
+          scale=None, score: str = "activation", compensate: str = "none", basis: str = "dims") -> list[Plan]:
+    """Each shape's plan under one set of rules."""
+    return [make_plan(parent, importance, shape, block_rule=block_rule, neuron_rule=neuron_rule, scale=scale,
+                      score=score, compensate=compensate, basis=basis) for shape in shapes]
+
+
+def children(parent, ref: Reference, plans: list[Plan], calibration=None,
+             fitted: Callable | None = None) -> Iterator[dict]:
+    """Build and evaluate each plan in turn, yielding its row (size and zero-shot quality) as soon as it is measured.
+    A compensated plan is fitted on the calibration tokens first (seconds per child); `fitted(plan)`, when given,
+    supplies those fits (a cache). In principal directions, give the rotated parent (rotate.rotated) once rather than
+    rotating for every child."""
+    for plan in plans:
         t = time.perf_counter()
-        plan = make_plan(parent, importance, shape, block_rule=block_rule, neuron_rule=neuron_rule, scale=scale,
-                         score=score, compensate=compensate, basis=basis)
-        fits = fitted(plan) if fitted and compensate != "none" else None
+        fits = fitted(plan) if fitted and plan.compensate != "none" else None
         r = evaluate(build(parent, plan, calibration, fitted=fits), ref, plan.residual, speed=False)
-        d = describe(parent, shape, basis)
-        yield {**{k: v for k, v in shape.to_dict().items() if k != "head_dim"},
+        d = describe(parent, plan.shape, plan.basis)
+        yield {**{k: v for k, v in plan.shape.to_dict().items() if k != "head_dim"},
                **{k: d[k] for k in ("params", "percent_of_parent", "flops_per_token", "expected_speedup")},
                **{k: r[k] for k in ("perplexity", "top1_agreement", "kl_to_parent", "cosine_to_parent") if k in r},
                "seconds": round(time.perf_counter() - t, 2)}
@@ -95,8 +99,8 @@ def sweep(parent, importance, ref: Reference, shapes: list[Shape], block_rule: s
           calibration=None) -> pd.DataFrame:
     """One row per shape: its size and its zero-shot quality; `pareto` marks the best tradeoffs."""
     rows = []
-    for row in children(parent, importance, ref, shapes, block_rule, neuron_rule, scale, score, compensate,
-                        calibration):
+    for row in children(parent, ref, plans(parent, importance, shapes, block_rule, neuron_rule, scale, score,
+                                           compensate), calibration):
         rows.append(row)
         if progress:
             progress(len(rows) / len(shapes), f"child {len(rows)}/{len(shapes)}: {row['layers']} layers, "

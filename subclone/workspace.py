@@ -33,14 +33,14 @@ from .evaluate import Reference, evaluate, generate, held_out, paired_speed, ref
 from .importance import Importance, analyze, drop_one
 from .limits import Limits, float_arg, int_arg, text_arg
 from .parents import BUILTIN, DEFAULT_PARENT, Parent, load_parent
-from .compensate import COMPENSATE, fit, windows
+from .compensate import COMPENSATE, fit, measure, windows
 from .rotate import BASES, rotated
 from .rotate import applies as rotate_applies
 from .importance import cache_path
 from .plan import (NEURON_RULES, PRESETS, SCALE_GROUPS, SCORES, Plan, check_block_rule, choose_layers, describe,
                    make_plan, measures_heads, snap_shape)
 from .search import Final, extend, order_heads, searched
-from .sweep import children, grid, parse_list, table
+from .sweep import children, grid, parse_list, plans, table
 from .train import INITS, TrainConfig, compare_inits
 
 Progress = Callable[[float, str], None]
@@ -490,6 +490,16 @@ class Workspace:
             return fits
         return self._once(self._fits_key(parent, text, plan), make, heavy=True)
 
+    def measure_fits(self, parent: Parent, text: Text, plans: list[Plan], progress: Progress | None = None) -> None:
+        """What the fits of these plans need and neither the fits nor their kept statistics hold yet, measured in one
+        pass over the calibration windows (a sweep: one pass for all its children, not one per new structure)."""
+        with self._lock:
+            todo = [p for p in plans if p.compensate != "none" and self._fits_key(parent, text, p) not in self._heavy]
+        if todo:
+            key, store = self._statistics(parent, text)
+            measure(parent, todo, self.calibration(parent, text), [p.compensate for p in todo], progress, store=store)
+            self._recount(key)
+
     def _statistics(self, parent: Parent, text: Text) -> tuple[tuple, dict]:
         """(key, store) of the statistics the fits of this parent and text are solved from (see `fits`)."""
         key = ("fit statistics", parent.fingerprint, text.digest)
@@ -635,13 +645,16 @@ class Workspace:
             ref = self.reference(d.parent, d.text)
             rows = []
             source = self.rotated(d.parent, d.text, step) if rules.basis != "dims" else d.parent
-            for row in children(source, d.importance, ref, shapes, rules.block_rule, rules.neuron_rule,
-                                rules.scale_choice, rules.score, rules.compensate, basis=rules.basis,
-                                fitted=lambda plan: self.fits(source, d.text, plan)):
+            todo = plans(source, d.importance, shapes, rules.block_rule, rules.neuron_rule, rules.scale_choice,
+                         rules.score, rules.compensate, rules.basis)
+            t = time.perf_counter()
+            self.measure_fits(source, d.text, todo, step)
+            measuring = time.perf_counter() - t
+            for row in children(source, ref, todo, fitted=lambda plan: self.fits(source, d.text, plan)):
                 rows.append(row)
                 with self._lock:  # the estimate of the next sweep follows what this machine measures
                     self._child_seconds[(d.parent.fingerprint, rules.compensate != "none")] = \
-                        sum(r["seconds"] for r in rows) / len(rows)
+                        (measuring + sum(r["seconds"] for r in rows)) / len(rows)
                 if progress:
                     progress(len(rows) / len(shapes), f"child {len(rows)}/{len(shapes)}: {row['layers']} layers, "
                                                       f"hidden {row['hidden']}")

@@ -320,6 +320,29 @@ def test_a_sweep_shows_each_child_as_it_finishes_and_stop_keeps_them(ws, tiny_di
     assert ws.sweep_plan(design, "4, 3, 2, 1", "100, 50")[1] != seconds  # the estimate now follows what was timed
 
 
+def test_a_compensated_sweep_measures_all_its_children_in_one_pass(ws, tiny_dir):
+    """The statistics of every child's fits are measured in one pass over the calibration windows, before the first
+    child: not one pass for each new structure (here the depth maps at 3 blocks, the refits at half width, the maps
+    at 2 blocks). The children are the ones fitted each on its own."""
+    from subclone.sweep import sweep
+
+    design = small(tiny_dir, block_rule="magnitude")  # no search: only the fits run the parent on calibration text
+    d = ws.design(design, compute=True)  # importance and the heads' order (a pass of its own)
+    parent, text, imp = d.parent, d.text, d.importance
+    ref, tokens = ws.reference(parent, text), ws.calibration(parent, text)
+    batches = []
+    handle = parent.model.get_submodule(parent.family.layers)[0].register_forward_pre_hook(
+        lambda _, args: batches.append(len(args[0])))
+    try:
+        frame, _ = ws.sweep("hal", design, "3, 2", "100, 50")
+    finally:
+        handle.remove()
+    assert len(frame) == 4 and sum(batches) == len(tokens.ids)  # every calibration window, once
+    shapes, _ = ws.sweep_plan(design, "3, 2", "100, 50")
+    alone = sweep(parent, imp, ref, shapes, score=design.score, compensate=design.compensate, calibration=tokens)
+    assert alone["perplexity"].tolist() == pytest.approx(frame["perplexity"].tolist(), rel=1e-4)
+
+
 def test_a_sweep_of_the_best_preset_checks_the_span_at_every_depth_it_cuts_to(ws, tiny_dir):
     design = small(tiny_dir)  # block search, compensation; 3 blocks, which the sweep below does not cut to
     list(ws.sweeping("gil", design, "2, 1", "100"))
