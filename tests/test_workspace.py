@@ -151,6 +151,23 @@ def test_a_two_thirds_child_is_measurably_faster(tmp_path):
     assert "alternately" in m["speed_measured"]
 
 
+def test_latency_is_read_on_the_decoding_not_on_the_prompt():
+    """ms per generated token is the time between the tokens after the first one: a slow prefill does not count."""
+    from subclone.data import Tokens
+    from subclone.evaluate import ms_per_token
+
+    class Model:  # generate as transformers streams it: the prompt, the first token after the prefill, then the rest
+        def generate(self, prompt, max_new_tokens, streamer, **_):
+            streamer.put(prompt)
+            time.sleep(0.4)  # the prefill
+            for _ in range(max_new_tokens):
+                streamer.put(prompt[:, :1])
+                time.sleep(0.01)  # a decoding step
+            streamer.end()
+
+    assert 10 <= ms_per_token(Model(), Tokens(torch.zeros(1, 32, dtype=torch.long)), "causal-lm") < 30
+
+
 def test_the_block_search_runs_once_at_build_and_is_kept_with_the_importance_record(ws, tiny_dir, tmp_path):
     from subclone.importance import cache_path
 
