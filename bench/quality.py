@@ -198,7 +198,7 @@ def main():
                              mb=peak.mb))
             print(f"<!-- {name}: {label}: {zero:.1f} -> {healed:.1f} -->", file=sys.stderr, flush=True)
             del model
-        table(name, rows)
+        table(name, rows, steps)
     print(NOTES)
 
 
@@ -257,14 +257,14 @@ NOTES = """### Notes on these tables
 """
 
 
-def table(name, rows):
+def table(name, rows, steps):
     ok = [r for r in rows if "error" not in r]
     peers_ok = [r for r in ok if not r["ours"] and r["method"] != "weight selection (bench/peers.py)"]
     best_peer = min(peers_ok, key=lambda r: r["zero"], default=None)
     paper = next((r for r in ok if r["method"] == "subclone paper"), None)
     default = next((r for r in ok if r["method"].startswith("subclone default")), None)
     print(f"### {name}\n")
-    print("| method | params | zero-shot ppl | after 20 steps | seconds | peak MB |\n|---|---|---|---|---|---|")
+    print(f"| method | params | zero-shot ppl | after {steps} steps | seconds | peak MB |\n|---|---|---|---|---|---|")
     low_zero = min(r["zero"] for r in ok)
     low_healed = min(r["healed"] for r in ok)
     for r in rows:

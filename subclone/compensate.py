@@ -75,7 +75,7 @@ def gram_matrix(a: torch.Tensor) -> torch.Tensor:
     products; a quarter faster for SmolLM2's FFN width)."""
     d = a.shape[1]
     h = d // 2
-    out = torch.empty(d, d, dtype=a.dtype)
+    out = torch.empty(d, d, dtype=a.dtype, device=a.device)
     out[:h] = a[:, :h].T @ a
     out[h:, h:] = a[:, h:].T @ a[:, h:]
     out[h:, :h] = out[:h, h:].T

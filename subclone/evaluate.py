@@ -52,6 +52,8 @@ class _Clock(BaseStreamer):
 def ms_per_token(model, tokens: Tokens, kind: str, new_tokens: int = 9, repeats: int = 3) -> float:
     """Median latency: per generated token after the first (causal LMs, greedy with KV cache: the decoding, not the
     prompt's prefill) or per encoded token."""
+    if new_tokens < 2:
+        raise ValueError("ms_per_token times the steps after the first token: new_tokens must be at least 2")
     times = []
     for _ in range(repeats):
         if kind == "causal-lm":

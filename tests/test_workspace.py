@@ -165,7 +165,10 @@ def test_latency_is_read_on_the_decoding_not_on_the_prompt():
                 time.sleep(0.01)  # a decoding step
             streamer.end()
 
-    assert 10 <= ms_per_token(Model(), Tokens(torch.zeros(1, 32, dtype=torch.long)), "causal-lm") < 30
+    tokens = Tokens(torch.zeros(1, 32, dtype=torch.long))
+    assert 10 <= ms_per_token(Model(), tokens, "causal-lm") < 30
+    with pytest.raises(ValueError, match="at least 2"):  # one token has no step after the first to time
+        ms_per_token(Model(), tokens, "causal-lm", new_tokens=1)
 
 
 def test_the_block_search_runs_once_at_build_and_is_kept_with_the_importance_record(ws, tiny_dir, tmp_path):
