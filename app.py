@@ -498,6 +498,10 @@ CSS = """
   [role=tablist] button {padding: 4px 8px; font-size: 0.85em}
   .block-strip span {width: 16px !important; height: 16px !important; line-height: 16px !important}
 }
+@media (prefers-reduced-motion: reduce) {  /* Gradio's spinners and pulsing borders run for as long as a job does */
+  *, *::before, *::after {animation-duration: 0.01ms !important; animation-iteration-count: 1 !important;
+                          transition-duration: 0.01ms !important; scroll-behavior: auto !important}
+}
 """
 
 
