@@ -93,11 +93,4 @@ def build(parent: Parent, plan: Plan, calibration=None, progress=None, fitted: d
                                 "pass the calibration tokens")
         fitted = fit(parent, plan, calibration, plan.compensate, progress)
     state = slice_state(parent, plan, fitted)
-    child = new_model(family, config, empty=True)  # parameters on meta: nothing random is computed
-    expected = {k: tuple(v.shape) for k, v in child.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in state.items()}
-    assert expected == got, f"slicing produced the wrong tensors: {set(expected.items()) ^ set(got.items())}"
-    child.load_state_dict(state, strict=True, assign=True)
-    if getattr(config, "tie_word_embeddings", False):
-        child.tie_weights()
-    return child.eval()
+    return new_model(family, config, state=state).eval()  # strict: a wrongly sliced tensor fails to load

@@ -256,16 +256,23 @@ def auto_class(family: Family):
 
 
 # accelerate's init_empty_weights patches torch.nn.Module for the whole process, not the thread: a model constructed
-# in another thread meanwhile gets parameters on the meta device. So every model construction holds this lock
-# (the app builds, trains and loads in several threads at once).
+# in another thread meanwhile gets parameters on the meta device, and so does a parameter assigned (registered)
+# there. So every model construction, and every assignment of a model's parameters, holds this lock (the app
+# builds, trains and loads in several threads at once).
 CONSTRUCTING = threading.Lock()
 _CONVERTING = threading.Lock()  # one conversion of a bundled parent at a time in this process
 
 
-def new_model(family: Family, config, empty: bool = False, seed: int | None = None):
-    """A model of this config: randomly initialized (from `seed` when given), or with empty (meta) parameters
-    that the caller assigns."""
-    with CONSTRUCTING, init_empty_weights(include_buffers=False) if empty else nullcontext():
-        if seed is not None:
-            torch.manual_seed(seed)
-        return auto_class(family).from_config(config, dtype=torch.float32)
+def new_model(family: Family, config, seed: int | None = None, state: dict | None = None):
+    """A model of this config: randomly initialized (from `seed` when given), or, given `state` (every tensor of its
+    state dict), built on the meta device and given those tensors, nothing random computed (tied embeddings tied)."""
+    with CONSTRUCTING:
+        with init_empty_weights(include_buffers=False) if state is not None else nullcontext():
+            if seed is not None:
+                torch.manual_seed(seed)
+            model = auto_class(family).from_config(config, dtype=torch.float32)
+        if state is not None:  # assigned under the lock too: each assignment registers a parameter
+            model.load_state_dict(state, strict=True, assign=True)
+            if getattr(config, "tie_word_embeddings", False):
+                model.tie_weights()
+        return model

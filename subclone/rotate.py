@@ -97,8 +97,7 @@ def rotated(parent: Parent, tokens) -> Parent:
     if fam.lm_head not in out:
         out[fam.lm_head] = ((lm_head.float() * final) @ q).contiguous()
     config = type(parent.config).from_dict({**parent.config.to_dict(), "tie_word_embeddings": False})
-    model = new_model(fam, config, empty=True)
-    model.load_state_dict(out, strict=True, assign=True)
+    model = new_model(fam, config, state=out)
     digest = hashlib.sha256(q.numpy().tobytes()).hexdigest()[:16]
     return Parent(name=parent.name, model=model.eval(), tokenizer=parent.tokenizer, family=fam, source=parent.source,
                   basis=digest)

@@ -10,7 +10,9 @@ from subclone.train import init_child
 from .conftest import ids, tiny_parent
 
 
-def test_random_init_is_real_while_another_thread_builds():
+def test_random_init_is_real_while_other_threads_build():
+    """Two builders (each child constructed on the meta device, then given its sliced weights) and a random init
+    at once: every parameter of every model is real."""
     parent = tiny_parent("llama")
     imp = measure(parent, Tokens(ids(4, 16, seed=7)))
     plan = make_plan(parent, imp, resolve_shape(parent.family, parent.shape, layers=3, hidden=24))
@@ -20,17 +22,19 @@ def test_random_init_is_real_while_another_thread_builds():
         while not stop.is_set():
             built.append(build(parent, plan))
 
-    builder = threading.Thread(target=keep_building)
-    builder.start()
+    builders = [threading.Thread(target=keep_building) for _ in range(2)]
+    for b in builders:
+        b.start()
     try:
-        children = [init_child(parent, None, plan.shape, "random", seed=i)[0] for i in range(200)]
+        children = [init_child(parent, None, plan.shape, "random", seed=i)[0] for i in range(100)]
     finally:
         stop.set()
-        builder.join()
-    assert len(built) > 1  # the two threads did overlap
+        for b in builders:
+            b.join()
+    assert len(built) > 2  # the threads did overlap
     meta = [n for child in children for n, p in child.named_parameters() if p.is_meta]
     assert not meta, f"{len(meta)} parameters of random-init children were left on the meta device"
-    assert not any(p.is_meta for child in built for p in child.parameters())
+    assert not any(p.is_meta for child in built for p in child.parameters()), "a built child has meta parameters"
 
 
 def test_what_is_measured_on_a_parent_ignores_another_thread_running_it():
