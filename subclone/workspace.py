@@ -232,7 +232,7 @@ class Workspace:
         self._heavy: OrderedDict = OrderedDict()  # key -> (value, bytes): parents and references
         self._small: OrderedDict = OrderedDict()  # key -> value: importance, drop-one scores, texts
         self._making: dict = {}  # key -> Lock: one thread makes an entry, the others wait for it
-        self._searching: dict = {}  # (parent, text) -> Lock: one block search at a time per parent and text
+        self._passes: dict = {}  # (parent, text) -> Lock: one calibration pass at a time (`_measuring`)
         self._child_seconds: dict = {}  # (parent, fitted) -> seconds the last sweep child took: the next estimate
         self._sessions: dict[str, Session] = {}
 
@@ -461,9 +461,7 @@ class Workspace:
                 progress: Progress | None = None, final: Final | None = None) -> None:
         """Run (or resume) the heads' removal order (with heads) and the block search down to `keep` blocks (None: no
         block search), whose span check also fits the `final` child; both are saved with the importance record."""
-        with self._lock:
-            lock = self._searching.setdefault((parent.fingerprint, text.digest), threading.Lock())
-        with lock:  # one search per parent and text at a time; a second caller finds it done
+        with self._measuring(parent, text):  # one search per parent and text at a time; a second finds it done
             done = heads and order_heads(parent, imp, self.calibration(parent, text), progress=progress)
             key, store = self._statistics(parent, text) if final else (None, None)
             done |= keep is not None and extend(parent, imp, self.calibration(parent, text), keep, progress, final,
@@ -472,6 +470,12 @@ class Workspace:
                 imp.save(cache_path(parent, text))
             if key:
                 self._recount(key)
+
+    def _measuring(self, parent: Parent, text: Text) -> threading.Lock:
+        """The lock of the passes over this parent's calibration windows on this text (the block search, the heads'
+        order, a sweep's fits): one at a time, so a second caller waits and finds what the first measured."""
+        with self._lock:
+            return self._passes.setdefault((parent.fingerprint, text.digest), threading.Lock())
 
     def calibration(self, parent: Parent, text: Text):
         """The calibration windows the fits of a compensated plan use (the first 16 are the ones importance was
@@ -493,12 +497,15 @@ class Workspace:
     def measure_fits(self, parent: Parent, text: Text, plans: list[Plan], progress: Progress | None = None) -> None:
         """What the fits of these plans need and neither the fits nor their kept statistics hold yet, measured in one
         pass over the calibration windows (a sweep: one pass for all its children, not one per new structure)."""
-        with self._lock:
-            todo = [p for p in plans if p.compensate != "none" and self._fits_key(parent, text, p) not in self._heavy]
-        if todo:
-            key, store = self._statistics(parent, text)
-            measure(parent, todo, self.calibration(parent, text), [p.compensate for p in todo], progress, store=store)
-            self._recount(key)
+        with self._measuring(parent, text):  # two sweeps at once: the second finds the sums in the store, no pass
+            with self._lock:
+                todo = [p for p in plans
+                        if p.compensate != "none" and self._fits_key(parent, text, p) not in self._heavy]
+            if todo:
+                key, store = self._statistics(parent, text)
+                measure(parent, todo, self.calibration(parent, text), [p.compensate for p in todo], progress,
+                        store=store)
+                self._recount(key)
 
     def _statistics(self, parent: Parent, text: Text) -> tuple[tuple, dict]:
         """(key, store) of the statistics the fits of this parent and text are solved from (see `fits`)."""

@@ -363,6 +363,41 @@ def test_a_compensated_sweep_measures_all_its_children_in_one_pass(ws, tiny_dir)
     assert alone["perplexity"].tolist() == pytest.approx(frame["perplexity"].tolist(), rel=1e-4)
 
 
+def test_two_sweeps_at_once_make_one_pass(ws, tiny_dir):
+    """Two sessions sweeping the same parent and text at the same moment: the second waits for the first's pass
+    over the calibration windows and solves its fits from the same sums, without a pass of its own."""
+    design = small(tiny_dir, block_rule="magnitude")
+    d = ws.design(design, compute=True)
+    ws.reference(d.parent, d.text)
+    tokens, batches, start = ws.calibration(d.parent, d.text), [], threading.Barrier(2)
+
+    def slow(_, args):  # a pass long enough that two unlocked ones would overlap
+        batches.append(len(args[0]))
+        time.sleep(0.05)
+
+    handle = d.parent.model.get_submodule(d.parent.family.layers)[0].register_forward_pre_hook(slow)
+    frames = {}
+
+    def session(name):
+        start.wait()
+        try:
+            frames[name] = ws.sweep(name, design, "3, 2", "100, 50")[0]
+        except Exception as e:  # reported below
+            frames[name] = e
+
+    try:
+        threads = [threading.Thread(target=session, args=(n,)) for n in ("ann", "bob")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    finally:
+        handle.remove()
+    assert not [e for e in frames.values() if isinstance(e, Exception)], frames
+    assert sum(batches) == len(tokens.ids)  # every calibration window once, for both sweeps
+    assert frames["ann"]["perplexity"].tolist() == frames["bob"]["perplexity"].tolist()
+
+
 def test_a_sweep_of_the_best_preset_checks_the_span_at_every_depth_it_cuts_to(ws, tiny_dir):
     design = small(tiny_dir)  # block search, compensation; 3 blocks, which the sweep below does not cut to
     list(ws.sweeping("gil", design, "2, 1", "100"))
