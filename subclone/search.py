@@ -93,9 +93,11 @@ class Stack:
         return logits.float().log_softmax(-1)
 
     @torch.no_grad()
-    def divergence(self, h: torch.Tensor, parent_logp: torch.Tensor) -> float:
-        """KL(parent ‖ this stack): how far the removals moved the model's predictions, whatever the text."""
-        return (parent_logp.exp() * (parent_logp - self.logp(h))).sum(-1).mean().item()
+    def divergence(self, h: torch.Tensor, parent: tuple[torch.Tensor, torch.Tensor]) -> float:
+        """KL(parent ‖ this stack): how far the removals moved the model's predictions, whatever the text. parent =
+        the parent's (log-probabilities, probabilities), computed once for every trial."""
+        logp, p = parent
+        return (p * (logp - self.logp(h))).sum(-1).mean().item()
 
 
 def _moves(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -113,7 +115,8 @@ def greedy_removals(parent, tokens: Tokens, keep: int, done: list[int] = (), wid
     if len(kept) <= keep:
         return order
     stack = Stack(parent, tokens.ids[:WINDOWS, :WINDOW_LEN])
-    target = stack.logp(stack.stream(list(range(L)), stack.embedded)[-1])
+    logp = stack.logp(stack.stream(list(range(L)), stack.embedded)[-1])
+    target = (logp, logp.exp())
     stream = stack.stream(kept, stack.embedded)
     total = len(kept) - keep
     while len(kept) > keep:
