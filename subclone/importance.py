@@ -32,7 +32,8 @@ from .parents import Parent, home
 Progress = Callable[[float, str], None]
 FIELDS = ("residual", "ffn", "heads", "magnitude", "bi", "ffn_rms", "angular", "removals", "heads_order",
           "spans")
-VERSION = 3  # in the cache key: records of an older version (fewer fields) are measured again
+VERSION = 4  # in the cache key: records of an older version (fewer fields, span checks with other depth maps) are
+# measured again
 
 
 @dataclass

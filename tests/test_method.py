@@ -630,6 +630,7 @@ def test_refit_of_a_cut_residual_is_the_least_squares_fit_of_every_layer_that_re
 
 
 def test_a_depth_map_stands_in_for_removed_blocks_and_is_fused_into_the_block_before():
+    from subclone import compensate
     from subclone.compensate import fit, removed_runs
 
     assert removed_runs([0, 3], 5) == {0: 2, 3: 4} and removed_runs([1, 2], 4) == {2: 3}  # block 0 has none before
@@ -653,6 +654,12 @@ def test_a_depth_map_stands_in_for_removed_blocks_and_is_fused_into_the_block_be
         child(input_ids=tokens.ids)
     residual = (seen[2] - seen[0]).norm()  # what blocks 1-2 add in the parent
     assert (seen[mapped] - seen[2]).norm() < 0.97 * (seen[plain] - seen[2]).norm() <= 1.01 * residual
+    key, w = "model.layers.0.mlp.down_proj.weight", blocks[0].mlp.down_proj.weight.detach()
+    with pytest.MonkeyPatch.context() as mp:  # the map keeps its share of the full fit's change: T = I + s (T* − I)
+        mp.setattr(compensate, "DEPTH_SHARE", 1.0)
+        full = fit(parent, plan, tokens, "depth")[key]
+    assert 0 < compensate.DEPTH_SHARE < 1
+    assert torch.allclose(fitted[key] - w, compensate.DEPTH_SHARE * (full - w), atol=1e-6)
 
 
 def _norm_inputs(model, tokens):
