@@ -236,8 +236,9 @@ NOTES = """### Notes on these tables
   final norm's weights approximated on the rotated axes the full-width parent's perplexity goes from 14.6 to
   4.9 million (built-in held-out split), and rotating only within groups of equal final-norm weight (exact) gives
   49.5 against 48.4 for the dimensions. Untied, on the built-in held-out split: hidden 432 30.0 against 48.4,
-  24 / 504 / 1280 33.5 against 40.8. For a parent with an untied LM head the rotation adds no parameters. Where its row
-  is the lowest after training, it is a larger child than the default's, not the same size.
+  24 / 504 / 1280 32.9 against 40.1 (33.5 against 40.8 with the full depth maps). For a parent with an untied LM head
+  the rotation adds no parameters. Where its row is the lowest after training, it is a larger child than the
+  default's, not the same size.
 - Rows marked failed are peers that could not make the cut, with their own error.
 - Peak MB is resident memory above what the process held before; memory freed by earlier methods is reused, so a 0
   means the method fit in what the process already held.
