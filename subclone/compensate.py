@@ -7,7 +7,8 @@
   (`fit_values`): each kept KV head's values become a least-squares mix of all the parent's value heads, so the kept
   attention patterns can carry what the removed heads read. When the residual width is cut,
   every layer that reads the stream (q, k, v, gate, up; GPT-2's c_attn, c_fc) is refit the same way on the kept
-  residual dimensions of its normalized input, so the kept dimensions also carry what the removed ones told it.
+  residual dimensions of its normalized input, so the kept dimensions also carry what the removed ones told it;
+  these refits keep the share RESIDUAL_SHARE of their change, X = W_K + s (X* − W_K).
 - depth: each run of removed blocks a..b is stood in for by a linear map T of the FFN output M of the kept block
   before it (as ReplaceMe, Shopkhoev et al., 2025): with Y the stream before M is added and h the stream leaving
   block b, T* = argmin ‖M T − (h − Y)‖² + λ‖T − I‖², of which the map keeps the share DEPTH_SHARE of its change,
@@ -42,6 +43,10 @@ DEPTH_SHARE = 0.75  # s, chosen on a third domain (Debian changelogs), neither t
 # reported: the full fit (s = 1) is the best on the calibration domain's held-out split at depth 20 but not elsewhere;
 # on the changelogs 0.75 and 0.5 tie, zero-shot and after 20 training steps at depth 20 and 24 / 504 / 1280, and 0.75
 # is the better of the two on the calibration domain (the notes under bench/RESULTS.md's quality tables)
+RESIDUAL_SHARE = 0.75  # the same for the refits of the layers that read a cut residual stream (q, k, v, gate, up),
+# X = W_K + s (X* − W_K), chosen the same way: on the changelogs 0.75 and 0.5 tie (hidden 432 and 24 / 504 / 1280,
+# zero-shot and after 20 steps), the full fit is the worst of the three there, and 0.75 is the better on the
+# calibration domain
 WINDOWS = 32  # calibration windows the fits use: 8 overfit (worse than no fit); 16 → 32 lowers the built-in
 # text's held-out perplexity 3-5 % (depth 20, ffn 768, 24 / 504 / 1280), 64 a further 3-7 % at twice the time
 
@@ -264,7 +269,7 @@ def fuse(parent, refit: dict, runs: dict, stats: dict, values: dict | None = Non
     """Solve the fits from their statistics and write them into the parent's output projections (and, for the
     value fits, value projections)."""
     fam, shape = parent.family, parent.shape
-    out = {}
+    out, reads = {}, set(residual_reads(fam))
     for i, heads in (values or {}).items():
         prefix = f"{fam.layers}.{i}"
         values_proj = parent.model.get_submodule(f"{prefix}.{fam.values}")
@@ -283,7 +288,9 @@ def fuse(parent, refit: dict, runs: dict, stats: dict, values: dict | None = Non
         if (i, m) in refit:
             k = torch.tensor(refit[(i, m)])
             g = stats[(i, m)]
-            w_t[k] = solve(g[k][:, k], g[k] @ w_t, w_t[k])
+            fitted = solve(g[k][:, k], g[k] @ w_t, w_t[k])
+            share = RESIDUAL_SHARE if m in reads else 1.0
+            w_t[k] = w_t[k] + share * (fitted - w_t[k])
         if m == fam.ffn_input and i in runs:
             gram = stats[("mm", i)]
             # (d, d): M T stands in for the removed blocks
