@@ -91,13 +91,14 @@ def gram_matrix(a: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def solve(gram: torch.Tensor, rhs: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
-    """argmin_X ‖A X − B‖² + λ‖X − prior‖² given gram = AᵀA and rhs = AᵀB: ridge towards the unfitted weights,
-    so directions the calibration text does not excite keep the parent's values."""
+def solve(gram: torch.Tensor, rhs: torch.Tensor, prior: torch.Tensor, share: float = 1.0) -> torch.Tensor:
+    """prior + share (X* − prior), X* = argmin_X ‖A X − B‖² + λ‖X − prior‖² given gram = AᵀA and rhs = AᵀB: ridge
+    towards the unfitted weights, so directions the calibration text does not excite keep the parent's values."""
     gram = gram.double()
     ridge = RIDGE * gram.diagonal().mean().clamp_min(1e-12)
     eye = torch.eye(len(gram), dtype=gram.dtype)
-    return torch.linalg.solve(gram + ridge * eye, rhs.double() + ridge * prior.double()).float()
+    fitted = torch.linalg.solve(gram + ridge * eye, rhs.double() + ridge * prior.double())
+    return (prior.double() + share * (fitted - prior.double())).float()
 
 
 def residual_reads(family) -> list[str]:
@@ -288,14 +289,12 @@ def fuse(parent, refit: dict, runs: dict, stats: dict, values: dict | None = Non
         if (i, m) in refit:
             k = torch.tensor(refit[(i, m)])
             g = stats[(i, m)]
-            fitted = solve(g[k][:, k], g[k] @ w_t, w_t[k])
-            share = RESIDUAL_SHARE if m in reads else 1.0
-            w_t[k] = w_t[k] + share * (fitted - w_t[k])
+            w_t[k] = solve(g[k][:, k], g[k] @ w_t, w_t[k], RESIDUAL_SHARE if m in reads else 1.0)
         if m == fam.ffn_input and i in runs:
             gram = stats[("mm", i)]
             # (d, d): M T stands in for the removed blocks
             eye = torch.eye(len(gram))
-            t = eye + DEPTH_SHARE * (solve(gram, stats[("mr", i, runs[i])], eye) - eye)
+            t = solve(gram, stats[("mr", i, runs[i])], eye, DEPTH_SHARE)
             w_t = w_t @ t
             if getattr(module, "bias", None) is not None:
                 out[f"{prefix}.bias"] = (module.bias.detach().float() @ t).to(module.bias.dtype)
