@@ -252,7 +252,8 @@ def verdict(results: dict[str, dict]) -> str:
         return f"not comparable: the runs trained for different numbers of steps ({done})"
     ranked = sorted(results, key=lambda i: results[i]["eval_loss"])
     others = ", ".join(f"{i} {results[i]['eval_perplexity']:,.1f}" for i in ranked[1:])
-    return (f"after {steps.pop()} steps each, **{ranked[0]}** has the lowest held-out perplexity "
+    n = steps.pop()
+    return (f"after {n} step{'s' * (n != 1)} each, **{ranked[0]}** has the lowest held-out perplexity "
             f"({results[ranked[0]]['eval_perplexity']:,.1f}; {others}; lower is better)")
 
 

@@ -1,7 +1,9 @@
 """Tiny random models of every supported family, built in the tests (no download)."""
 import contextlib
+import io
 import os
 import tempfile
+import warnings
 
 import pytest
 import torch
@@ -59,6 +61,18 @@ def family_name(request):
 
 def ids(n=2, t=16, seed=1):
     return torch.randint(0, VOCAB, (n, t), generator=torch.Generator().manual_seed(seed))
+
+
+def run_cli(*argv) -> tuple[int, str, str]:
+    """`python -m subclone ARGV` in this process: (exit code, stdout, stderr). A new process costs 7 s of imports
+    here, so the CLI's results are checked in process; tests/test_inputs.py, test_train's and test_cli's bundled
+    SmolLM2 clone run real processes."""
+    from subclone.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+        code = main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
 
 
 def tiny_tokenizer():

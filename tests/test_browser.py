@@ -93,9 +93,9 @@ def test_every_view_in_chromium(app_url, tmp_path):
         shot(VIEWS[4])
 
         view(VIEWS[5])
-        page.get_by_label("steps").fill("2")
+        page.get_by_label("steps").fill("1")
         page.get_by_role("button", name="Start").click()
-        page.get_by_text("after 2 steps each").wait_for(timeout=300_000)  # the verdict: both curves, same steps
+        page.get_by_text("after 1 step each").wait_for(timeout=300_000)  # the verdict: both curves, same steps
         page.locator("span", has_text="top-1 agreement with parent").first.wait_for(timeout=10_000)
         shot(VIEWS[5])
 

@@ -7,14 +7,21 @@ import pytest
 import torch
 from transformers import AutoModel, AutoModelForCausalLM
 
+from .conftest import run_cli
+
 LM_FIELDS = {"perplexity", "parent_perplexity", "top1_agreement", "kl_to_parent", "params", "parent_params",
              "ms_per_token"}
 
 
-def cli(*argv, env=None):
-    r = subprocess.run([sys.executable, "-m", "subclone", *argv], capture_output=True, text=True, env=env)
-    assert r.returncode == 0, r.stderr[-2000:]
-    return json.loads(r.stdout)
+def cli(*argv, process=False):
+    """The CLI's JSON result: in this process, or (process) as `python -m subclone` in a new one."""
+    if process:
+        r = subprocess.run([sys.executable, "-m", "subclone", *argv], capture_output=True, text=True)
+        code, out, err = r.returncode, r.stdout, r.stderr
+    else:
+        code, out, err = run_cli(*argv)
+    assert code == 0, err[-2000:]
+    return json.loads(out)
 
 
 def test_clone_then_eval_on_a_local_parent(tmp_path, tiny_dir):
@@ -82,7 +89,7 @@ def test_bundled_smollm2_child_within_8x_parent_perplexity(tmp_path):
     """The issue's acceptance check: 24 layers / 504 hidden / 1280 ffn, no training."""
     out = tmp_path / "smol"
     cli("clone", "--parent", "smollm2-135m", "--layers", "24", "--hidden", "504", "--ffn", "1280", "--heads", "9",
-        "--kv-heads", "3", "--out", str(out))
+        "--kv-heads", "3", "--out", str(out), process=True)  # as a user runs it
     child = AutoModelForCausalLM.from_pretrained(out)
     assert child.config.num_hidden_layers == 24 and child.config.hidden_size == 504
     result = cli("eval", "--model", str(out), "--json")

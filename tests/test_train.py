@@ -14,6 +14,8 @@ from subclone.errors import SubcloneError
 from subclone.export import model_card, write
 from subclone.train import TrainConfig, init_child, text_tokens, train
 
+from .conftest import run_cli
+
 SHAPE = dict(layers=3, hidden=24, ffn=20, heads=4, kv_heads=2)
 QUICK = dict(batch_size=4, seq_len=32, eval_batches=2, lr=3e-3)
 
@@ -105,11 +107,10 @@ def _free_port():
 
 def test_cli_train_prints_the_contract(tmp_path, tiny_dir):
     out = tmp_path / "healed"
-    r = subprocess.run([sys.executable, "-m", "subclone", "train", "--parent", str(tiny_dir), "--layers", "3",
-                        "--hidden", "24", "--init", "random", "--steps", "6", "--batch-size", "4", "--seq-len", "32",
-                        "--out", str(out), "--json"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-2000:]
-    result = json.loads(r.stdout)
+    code, stdout, stderr = run_cli("train", "--parent", tiny_dir, "--layers", "3", "--hidden", "24", "--init", "random",
+                                   "--steps", "6", "--batch-size", "4", "--seq-len", "32", "--out", out, "--json")
+    assert code == 0, stderr[-2000:]
+    result = json.loads(stdout)
     assert result["init"] == "random" and result["steps"] == 6 and result["eval_loss"] == result["history"][-1]["eval_loss"]
     assert all({"step", "train_loss", "eval_loss"} <= set(h) for h in result["history"])
     assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 3

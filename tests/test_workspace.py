@@ -313,7 +313,8 @@ def test_heal_stopped_early_keeps_a_curve_for_every_initialization(ws, tiny_dir)
         history = h[2]["history"]
         assert history[0]["step"] == 0 and history[-1]["step"] == steps[init] and h[2]["stopped"]
     assert paces[-1]["total"] == 30_000 and paces[-1]["steps"] >= 1
-    assert f"after {steps['random']} steps each, **{best}**" in verdict({i: h[2] for i, h in healed.items()})
+    n = steps["random"]
+    assert f"after {n} step{'s' * (n != 1)} each, **{best}**" in verdict({i: h[2] for i, h in healed.items()})
 
 
 def test_the_verdict_is_given_only_for_comparable_runs():
@@ -323,7 +324,8 @@ def test_the_verdict_is_given_only_for_comparable_runs():
     assert verdict({"subclone": one}).startswith("only subclone was trained")
     assert verdict({"subclone": one, "random": dict(one, steps=4)}).startswith("not comparable")
     text = verdict({"subclone": dict(one, eval_loss=4.0, eval_perplexity=54.6), "random": one})
-    assert "**random** has the lowest" in text and "subclone 54.6" in text
+    assert text.startswith("after 5 steps each, **random** has the lowest") and "subclone 54.6" in text
+    assert verdict({"subclone": dict(one, steps=1), "random": dict(one, steps=1)}).startswith("after 1 step each,")
 
 
 def test_a_sweep_shows_each_child_as_it_finishes_and_stop_keeps_them(ws, tiny_dir):
