@@ -279,7 +279,10 @@ NOTES = """### Notes on these tables
   attention's q, k, v and o together by Adam (lr 3e-4) to the parent's attention output on the parent's stream,
   after the value fit, lowers the relative error of blocks 10 and 20 by 29 and 36 % but the perplexity little:
   2 epochs over the 32 windows 18.38 (30.1 here, 32 s), 8 epochs 18.21 (29.8 here, 120 s); 64 fit windows
-  instead of 32, 17.65 (30.0 here) at twice the fit time. None reaches 28.7 here; not adopted.
+  instead of 32, 17.65 (30.0 here) at twice the fit time. Absorbing what each cut attention still loses after the
+  value fit into the same block's FFN output projection (a ridge fit of that loss on the parent's FFN activations,
+  added with a share s of 0.25–1; one more pass over the 32 windows): built-in 18.79–19.20 against 18.75, the
+  changelogs 25.20–25.57 against 25.56 (this text 29.75–30.25 against 30.41). None reaches 28.7 here; not adopted.
 - Tried on the built-in held-out split and not adopted (perplexity there, default first): keeping the residual
   dimensions that best predict the others (pivoted Cholesky of the summed input Gram matrices), hidden 432 49.5
   against 62.9 and 24 / 504 / 1280 44.9 against 50.2; refitting the block after each removed run on the child's own
