@@ -282,7 +282,9 @@ NOTES = """### Notes on these tables
   instead of 32, 17.65 (30.0 here) at twice the fit time. Absorbing what each cut attention still loses after the
   value fit into the same block's FFN output projection (a ridge fit of that loss on the parent's FFN activations,
   added with a share s of 0.25–1; one more pass over the 32 windows): built-in 18.79–19.20 against 18.75, the
-  changelogs 25.20–25.57 against 25.56 (this text 29.75–30.25 against 30.41). None reaches 28.7 here; not adopted.
+  changelogs 25.20–25.57 against 25.56 (this text 29.75–30.25 against 30.41). Keeping a share s = 0.75 of the value
+  and output fits' change, as the residual refits do: built-in 21.06, changelogs 30.41 (this text 38.4). None
+  reaches 28.7 here; not adopted.
 - Tried on the built-in held-out split and not adopted (perplexity there, default first): keeping the residual
   dimensions that best predict the others (pivoted Cholesky of the summed input Gram matrices), hidden 432 49.5
   against 62.9 and 24 / 504 / 1280 44.9 against 50.2; refitting the block after each removed run on the child's own
