@@ -283,8 +283,11 @@ NOTES = """### Notes on these tables
   value fit into the same block's FFN output projection (a ridge fit of that loss on the parent's FFN activations,
   added with a share s of 0.25–1; one more pass over the 32 windows): built-in 18.79–19.20 against 18.75, the
   changelogs 25.20–25.57 against 25.56 (this text 29.75–30.25 against 30.41). Keeping a share s = 0.75 of the value
-  and output fits' change, as the residual refits do: built-in 21.06, changelogs 30.41 (this text 38.4). None
-  reaches 28.7 here; not adopted.
+  and output fits' change, as the residual refits do: built-in 21.06, changelogs 30.41 (this text 38.4). The ridge
+  strength of the head fits alone, λ = 0.01 / 0.03 / 0.1 (all fits' λ) / 0.3 / 1 / 3: built-in 19.38 / 19.06 / 18.75
+  / 18.23 / 18.95 / 20.25, changelogs 26.08 / 25.71 / 25.56 / 25.54 / 25.62 / 26.30 (this text 31.37 / 30.78 /
+  30.41 / 30.66 / 31.92 / 34.12); 0.1 and 0.3 tie on the changelogs (0.02 apart), so λ stays the one all fits
+  share. None reaches 28.7 here; not adopted.
 - Tried on the built-in held-out split and not adopted (perplexity there, default first): keeping the residual
   dimensions that best predict the others (pivoted Cholesky of the summed input Gram matrices), hidden 432 49.5
   against 62.9 and 24 / 504 / 1280 44.9 against 50.2; refitting the block after each removed run on the child's own
