@@ -570,7 +570,7 @@ with gr.Blocks(title="subclone") as demo:
                                               "text, 10–25 s at Build for a new shape, then cached")
                 basis = gr.Dropdown(list(BASES), value=PRESETS["best"]["basis"], label="residual basis",
                                     info="dims = the paper; principal = the stream's principal directions "
-                                         "(SliceGPT-style): better when hidden is cut, but unties a tied LM head")
+                                         "(SliceGPT-style, Llama family): used only when hidden is cut, ~10 s once")
             rules_help = gr.Markdown(_rules_help(PRESETS["best"]["block_rule"], PRESETS["best"]["compensate"],
                                                  PRESETS["best"]["basis"]),
                                      elem_classes="caption")

@@ -15,6 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import app  # noqa: E402
 from subclone.importance import cache_path  # noqa: E402
+from subclone.plan import PRESETS  # noqa: E402
 from subclone.workspace import Workspace  # noqa: E402
 
 P, D = "smollm2-135m", "builtin"
@@ -22,14 +23,14 @@ HALF = dict(layers=20, hidden=432, ffn=1024, heads=9, kv_heads=3)  # 45 % of the
 TWO_THIRDS = dict(layers=24, hidden=504, ffn=1280, heads=9, kv_heads=3)
 PAPER = dict(block_rule="magnitude", neuron_rule="importance", scale=["residual", "embed"], score="activation",
              compensate="none", basis="dims")
-BEST = dict(PAPER, block_rule="search", score="activation-weight", compensate="all")  # the default preset
+BEST = dict(PAPER, **PRESETS["best"])  # the default preset
 RULES = PAPER
 SESSION = dict(parent=P, data=D, request=None)
 # Every callback is called by keyword, as the app's widgets name them: a changed signature fails here at once
 # (tests/test_bench.py binds each of these) instead of shifting an argument an hour into `make bench`.
 CALLS = {
     "analyze": (app.on_analyze, SESSION),
-    "preview": (app.on_preview, dict(SESSION, **HALF, block_rule="search", basis="dims")),
+    "preview": (app.on_preview, dict(SESSION, **HALF, block_rule="search", basis=BEST["basis"])),
     "design": (app.on_design, dict(SESSION, **HALF, **RULES, tab="anatomy")),
     "build paper": (app.on_build, dict(SESSION, **HALF, **RULES)),
     "build best": (app.on_build, dict(SESSION, **HALF, **BEST)),

@@ -16,7 +16,7 @@ from .compensate import fit
 from .errors import SubcloneError
 from .parents import Parent, new_model
 from .plan import Plan
-from .rotate import rotated
+from .rotate import rotated, tie
 
 
 def _indices(axis, plan: Plan, j: int | None, parent_heads: int, head_dim: int) -> torch.Tensor | None:
@@ -76,7 +76,8 @@ def slice_state(parent: Parent, plan: Plan, fitted: dict | None = None) -> dict[
 def build(parent: Parent, plan: Plan, calibration=None, progress=None, fitted: dict | None = None) -> torch.nn.Module:
     """The child as a plain transformers model, in eval mode. A plan with compensation fits it first, on the
     calibration tokens (compensate.fit: seconds, with progress), unless `fitted` gives those fits already; a plan in
-    principal directions rotates the parent first (rotate.rotated), unless `parent` is rotated already."""
+    principal directions rotates the parent first (rotate.rotated), unless `parent` is rotated already, and the child of
+    a tied parent is tied again (rotate.tie)."""
     family = parent.family
     if plan.basis != "dims" and not parent.basis:
         if calibration is None:
@@ -93,4 +94,5 @@ def build(parent: Parent, plan: Plan, calibration=None, progress=None, fitted: d
                                 "pass the calibration tokens")
         fitted = fit(parent, plan, calibration, plan.compensate, progress)
     state = slice_state(parent, plan, fitted)
-    return new_model(family, config, state=state).eval()  # strict: a wrongly sliced tensor fails to load
+    child = new_model(family, config, state=state).eval()  # strict: a wrongly sliced tensor fails to load
+    return tie(child, family) if parent.ties else child

@@ -47,6 +47,7 @@ class Parent:
     family: Family
     source: str  # the directory or hub id the weights came from
     basis: str = ""  # "": its own residual dimensions; else a digest of the principal directions it is rotated to
+    ties: bool = False  # rotated from a parent that ties its LM head to its embeddings: its children are tied again
 
     @property
     def config(self):
@@ -88,6 +89,11 @@ class Parent:
         weights = [(f.name, f.stat().st_size, f.stat().st_mtime_ns, _header_digest(f)) for f in files]
         blob = json.dumps([self.source, self.config.to_dict(), weights, self.basis], sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def is_tied(model) -> bool:
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return out is not None and out.weight is model.get_input_embeddings().weight
 
 
 def _header_digest(path: Path) -> str:

@@ -17,8 +17,10 @@ import torch
 from .arch import F, KV, Q, QKV, R, Family, Shape
 from .compensate import COMPENSATE
 from .rotate import BASES, require
+from .rotate import applies as rotate_applies
 from .errors import SubcloneError, shown
 from .importance import Importance
+from .parents import is_tied  # noqa: F401  (the plans' size counts read it; so do the tests)
 
 SCALE_GROUPS = ("residual", "ffn", "attn", "embed")
 # Measured on SmolLM2-135M -> 24 layers / 504 hidden / 1280 ffn, held-out perplexity with no training
@@ -296,14 +298,10 @@ def count(model, family: Family, shape: Shape, tied: bool, context: int = FLOPS_
     return params, flops
 
 
-def is_tied(model) -> bool:
-    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    return out is not None and out.weight is model.get_input_embeddings().weight
-
-
-def stays_tied(model, basis: str = "dims") -> bool:
-    """Whether a child in this basis shares its embeddings and LM head: a rotated stream unties them (rotate.py)."""
-    return is_tied(model) and basis == "dims"
+def stays_tied(parent) -> bool:
+    """Whether the parent's children share their embeddings and LM head: a tied parent's do, in either basis (a
+    rotated parent is untied, its children tied again: rotate.tie)."""
+    return is_tied(parent.model) or parent.ties
 
 
 # ---- plans ---------------------------------------------------------------------------------------
@@ -391,6 +389,8 @@ def make_plan(parent, importance: Importance, shape: Shape, block_rule: str = "m
     _rule(BASES, basis, "residual basis")
     if basis == "principal":
         require(family, parent.name)
+        if shape.hidden == pshape.hidden and not parent.basis:  # uncut, the rotation is the same function: not paid
+            basis = "dims"
     if measures_heads(score, compensate) and shape.heads < pshape.heads and importance.heads_order is None:
         raise SubcloneError("the score 'activation-weight' with a refit chooses heads by measuring, and they have not "
                             "been measured yet: Build does it (subclone.search.order_heads from Python)")
@@ -402,7 +402,7 @@ def make_plan(parent, importance: Importance, shape: Shape, block_rule: str = "m
     scores = {i: neuron_scores(parent, importance, i, score, compensate) for i in layers}
     ffn = [rule(scores[i][0], shape.ffn, gen).sort().values.tolist() for i in layers]
     heads, kv = zip(*[_select_heads(scores[i][1], pshape, shape, rule, gen) for i in layers])
-    params, flops = count(parent.model, family, shape, stays_tied(parent.model, basis))
+    params, flops = count(parent.model, family, shape, stays_tied(parent))
     return Plan(parent=parent.name, family=family.name, shape=shape, layers=layers, residual=residual, ffn=ffn,
                 heads=list(heads), kv_heads=list(kv), block_rule=block_rule, neuron_rule=neuron_rule,
                 scale=scale_choice(scale), seed=seed, params=params, flops_per_token=flops, score=score,
@@ -423,11 +423,14 @@ PRESET_HELP = {
 
 
 def preset(name: str, family: Family) -> dict:
-    """Block rule, neuron rule, score and compensation of a preset; `best` falls back to the paper's block rule and no
-    fitting for encoders, which the search and the fits (next-token loss, pre-norm blocks) do not cover."""
+    """Block rule, neuron rule, score, compensation and basis of a preset; `best` falls back to the paper's block rule
+    and no fitting for encoders, which the search and the fits (next-token loss, pre-norm blocks) do not cover, and to
+    the parent's own dimensions where the stream cannot be rotated (rotate.applies)."""
     chosen = dict(_rule(PRESETS, name, "preset"))
     if family.kind != "causal-lm":
         chosen.update(block_rule="magnitude", compensate="none")
+    if not rotate_applies(family):
+        chosen.update(basis="dims")
     return chosen
 
 
@@ -452,10 +455,10 @@ def snap_shape(family: Family, parent: Shape, layers: int, hidden: int, ffn: int
     return shape, notes
 
 
-def describe(parent, shape: Shape, basis: str = "dims") -> dict:
-    """Size of a child of this shape (in this residual basis) next to its parent, without building it."""
-    params, flops = count(parent.model, parent.family, shape, stays_tied(parent.model, basis))
-    pparams, pflops = count(parent.model, parent.family, parent.shape, is_tied(parent.model))
+def describe(parent, shape: Shape) -> dict:
+    """Size of a child of this shape next to its parent, without building it."""
+    params, flops = count(parent.model, parent.family, shape, stays_tied(parent))
+    pparams, pflops = count(parent.model, parent.family, parent.shape, stays_tied(parent))
     return dict(params=params, parent_params=pparams, percent_of_parent=round(100 * params / pparams, 1),
                 flops_per_token=flops, parent_flops_per_token=pflops,
                 expected_speedup=round(pflops / flops, 2))

@@ -137,15 +137,16 @@ def greedy_removals(parent, tokens: Tokens, keep: int, done: list[int] = (), wid
 
 
 def extend(parent, importance, tokens: Tokens, keep: int, progress: Progress | None = None,
-           final: Final | None = None, store: dict | None = None) -> bool:
+           final: Final | None = None, store: dict | None = None, check_on=None) -> bool:
     """Make sure the record's removals reach a stack of `keep` blocks and the span check at `keep` is done; True
-    when it had to measure. With `final`, the check also fits the child about to be built (see `choose_span`)."""
+    when it had to measure. With `final`, the check also fits the child about to be built (see `choose_span`), on
+    `check_on` when given: the parent rotated to principal directions (the same function) for a child in them."""
     done = [] if importance.removals is None else importance.removals.tolist()
     searched_now = parent.shape.layers - len(done) > keep
     if searched_now:
         order = greedy_removals(parent, tokens, keep, done, progress=progress)
         importance.removals = torch.tensor(order, dtype=torch.int64)
-    return choose_span(parent, importance, tokens, keep, progress, final, store) or searched_now
+    return choose_span(check_on or parent, importance, tokens, keep, progress, final, store) or searched_now
 
 
 def _span_checked(importance, keep: int) -> bool:
@@ -158,6 +159,7 @@ def choose_span(parent, importance, tokens: Tokens, keep: int, progress: Progres
     """Record at `keep` blocks whether the angular span beats the greedy removals once depth maps stand in for the
     removed blocks of each (see the module's docstring); True when it had to measure.
 
+    `parent` may be rotated to principal directions (rotate.rotated): the same function, so the same choice.
     `final` = (make, fitted): the child about to be built is fitted in the same pass over the calibration windows
     (the check's maps read the sums after its first windows): make(block rule) is its plan with the greedy removals
     ("search", while this depth is unrecorded) or the span ("angular"), and fitted(plan, fits) receives the fits of
@@ -171,8 +173,9 @@ def choose_span(parent, importance, tokens: Tokens, keep: int, progress: Progres
     if importance.spans is None:
         importance.spans = torch.full((L + 1,), -1, dtype=torch.int64)
     shape = resolve_shape(parent.family, parent.shape, layers=keep)
-    greedy = make_plan(parent, importance, shape, block_rule="search", compensate="depth")  # spans[keep] unset
-    span = make_plan(parent, importance, shape, block_rule="angular", compensate="depth")
+    basis = "principal" if parent.basis else "dims"  # a rotated parent: the same function in its own coordinates
+    greedy = make_plan(parent, importance, shape, block_rule="search", compensate="depth", basis=basis)  # unset yet
+    span = make_plan(parent, importance, shape, block_rule="angular", compensate="depth", basis=basis)
     n_probe = min(PROBE_WINDOWS, len(tokens.ids) // 4)  # a short text: a quarter of its windows
     if span.layers == greedy.layers or n_probe == 0:  # nothing to check, or no window to check it on: the search
         importance.spans[keep] = 0

@@ -76,7 +76,7 @@ def children(parent, ref: Reference, plans: list[Plan], calibration=None,
         t = time.perf_counter()
         fits = fitted(plan) if fitted and plan.compensate != "none" else None
         r = evaluate(build(parent, plan, calibration, fitted=fits), ref, plan.residual, speed=False)
-        d = describe(parent, plan.shape, plan.basis)
+        d = describe(parent, plan.shape)
         yield {**{k: v for k, v in plan.shape.to_dict().items() if k != "head_dim"},
                **{k: d[k] for k in ("params", "percent_of_parent", "flops_per_token", "expected_speedup")},
                **{k: r[k] for k in ("perplexity", "top1_agreement", "kl_to_parent", "cosine_to_parent") if k in r},
@@ -96,11 +96,12 @@ def table(rows: list[dict]) -> pd.DataFrame:
 def sweep(parent, importance, ref: Reference, shapes: list[Shape], block_rule: str = "magnitude",
           neuron_rule: str = "importance", scale=None,
           progress: Callable[[float, str], None] | None = None, score: str = "activation", compensate: str = "none",
-          calibration=None) -> pd.DataFrame:
-    """One row per shape: its size and its zero-shot quality; `pareto` marks the best tradeoffs."""
+          calibration=None, basis: str = "dims") -> pd.DataFrame:
+    """One row per shape: its size and its zero-shot quality; `pareto` marks the best tradeoffs. In principal
+    directions, give the rotated parent (see `children`)."""
     rows = []
     for row in children(parent, ref, plans(parent, importance, shapes, block_rule, neuron_rule, scale, score,
-                                           compensate), calibration):
+                                           compensate, basis), calibration):
         rows.append(row)
         if progress:
             progress(len(rows) / len(shapes), f"child {len(rows)}/{len(shapes)}: {row['layers']} layers, "

@@ -75,9 +75,10 @@ def _check_init(init: str) -> None:
 
 
 def init_child(parent, importance, shape, init: str = "subclone", seed: int = 0, calibration=None,
-               fitted: Callable | None = None, **plan_options):
+               fitted: Callable | None = None, rotated=None, **plan_options):
     """(model, plan) for one initialization of a child shape; plan is None for random init. A plan with compensation
-    is fitted on `calibration` (the calibration tokens), unless `fitted(plan)` gives its fits (a cache)."""
+    is fitted on `calibration` (the calibration tokens), unless `fitted(plan)` gives its fits (a cache); a plan in
+    principal directions is cut from `rotated`, when given (the parent rotated on those tokens), else rotated here."""
     from .clone import build
     from .parents import new_model
     from .plan import make_plan
@@ -92,7 +93,8 @@ def init_child(parent, importance, shape, init: str = "subclone", seed: int = 0,
         plan_options = dict(block_rule="first", neuron_rule="uniform", scale=False)
     plan = make_plan(parent, importance, shape, seed=seed, **plan_options)
     fits = fitted(plan) if fitted and plan.compensate != "none" else None
-    return build(parent, plan, calibration, fitted=fits), plan
+    source = rotated if rotated is not None and plan.basis != "dims" else parent
+    return build(source, plan, calibration, fitted=fits), plan
 
 
 def _param_groups(model, weight_decay: float):
@@ -286,12 +288,13 @@ def text_tokens(parent, data, seq_len: int, eval_sequences: int = 32) -> tuple[T
 def compare_inits(parent, importance, shape, inits, config: TrainConfig, data: str = "builtin",
                   steps: dict | None = None, on_eval: Callable[[str, dict], None] | None = None,
                   should_stop: Callable[[], bool] | None = None, on_step: Callable[[str, int], None] | None = None,
-                  fitted: Callable | None = None, **plan_options) -> dict:
+                  fitted: Callable | None = None, rotated=None, **plan_options) -> dict:
     """Train each init of one child shape on equal terms: the same text, batches, schedule and seed, one step of
     each in turn (so their curves grow together and can be compared at any moment).
 
     steps may give some inits a different number of steps (the paper's comparison: random gets 4×). fitted(plan), when
-    given, supplies a compensated plan's fits (a cache; None: fitted here).
+    given, supplies a compensated plan's fits (a cache; None: fitted here); `rotated`, the parent in principal
+    directions for a plan in them (see `init_child`).
     Returns {init: (model, plan, result)}. When should_stop says so, every run stops after the current round,
     evaluated at the step it reached: a curve for every init."""
     for init in inits:
@@ -308,7 +311,7 @@ def compare_inits(parent, importance, shape, inits, config: TrainConfig, data: s
     runs = {}
     for init in inits:
         child, plan = init_child(parent, importance, shape, init, seed=config.seed, calibration=calibration,
-                                 fitted=fitted, **plan_options)
+                                 fitted=fitted, rotated=rotated, **plan_options)
         run = replace(config, steps=(steps or {}).get(init, config.steps))
         runs[init] = (Run(child, train_tokens, eval_tokens, run, init=init,
                           teacher=parent.model if run.distill > 0 else None,

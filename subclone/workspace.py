@@ -415,7 +415,7 @@ class Workspace:
         given = {k: getattr(design, k) for k in ("layers", "hidden", "ffn", "heads", "kv_heads")}
         sizes = {k: getattr(parent.shape, k) if v is None else v for k, v in given.items()}
         shape, notes = snap_shape(parent.family, parent.shape, **sizes)
-        design = self._for_family(design, parent, notes)
+        design = self._for_family(design, parent, notes, shape.hidden < parent.shape.hidden)
         check_block_rule(design.block_rule, parent.shape.layers)  # before anything is measured
         imp = self.importance(parent, text, compute=compute, progress=progress)
         blocks = imp is not None and design.block_rule == "search" and not searched(imp, shape.layers)
@@ -427,10 +427,13 @@ class Workspace:
                              basis=design.basis)
 
         if compute and (blocks or heads):
-            # the span check fits the child in its own pass, where the child is fitted in the parent's own basis
-            final = (plan_with, lambda p, fits: self._once(self._fits_key(parent, text, p), lambda: fits, heavy=True)) \
-                if plan and design.compensate != "none" and design.basis == "dims" else None
-            self._search(parent, text, imp, shape.layers if blocks else None, heads, progress, final)
+            # the span check fits the child in its own pass, on the parent the child is cut from
+            fitted = plan and design.compensate != "none"
+            source = self.rotated(parent, text, progress) if fitted and design.basis != "dims" and \
+                shape.hidden < parent.shape.hidden else parent
+            final = (plan_with, lambda p, fits: self._once(self._fits_key(source, text, p), lambda: fits, heavy=True)) \
+                if fitted else None
+            self._search(parent, text, imp, shape.layers if blocks else None, heads, progress, final, source)
         elif blocks:
             notes.append(f"the block search for {shape.layers} blocks runs at Build (up to a minute, once)")
         elif heads:
@@ -443,12 +446,14 @@ class Workspace:
         return Designed(parent, text, shape, notes, imp, made, key)
 
     @staticmethod
-    def _for_family(design: Design, parent: Parent, notes: list[str]) -> Design:
+    def _for_family(design: Design, parent: Parent, notes: list[str], cuts_hidden: bool = True) -> Design:
         """The search and the fits measure next-token loss: for an encoder they give way to the paper's rules. The
-        principal directions need a pre-RMSNorm causal LM: other families keep their own dimensions."""
+        principal directions need a pre-RMSNorm causal LM: other families keep their own dimensions (said where the
+        child's hidden size is cut, the only place the basis shows)."""
         if design.basis != "dims" and not rotate_applies(parent.family):
-            notes.append(f"the principal-directions basis needs a pre-RMSNorm causal LM; {parent.family.name} keeps "
-                         "its own residual dimensions")
+            if cuts_hidden:
+                notes.append(f"the principal-directions basis needs a pre-RMSNorm causal LM; {parent.family.name} "
+                             "keeps its own residual dimensions")
             design = replace(design, basis="dims")
         if parent.family.kind == "causal-lm" or (design.block_rule != "search" and design.compensate == "none"):
             return design
@@ -458,14 +463,16 @@ class Workspace:
                        compensate="none")
 
     def _search(self, parent: Parent, text: Text, imp: Importance, keep: int | None, heads: bool = False,
-                progress: Progress | None = None, final: Final | None = None) -> None:
+                progress: Progress | None = None, final: Final | None = None, source: Parent | None = None) -> None:
         """Run (or resume) the heads' removal order (with heads) and the block search down to `keep` blocks (None: no
-        block search), whose span check also fits the `final` child; both are saved with the importance record."""
+        block search), whose span check also fits the `final` child, on `source` (the parent the child is cut from:
+        the parent or the parent rotated); both are saved with the importance record."""
+        source = source or parent
         with self._measuring(parent, text):  # one search per parent and text at a time; a second finds it done
             done = heads and order_heads(parent, imp, self.calibration(parent, text), progress=progress)
-            key, store = self._statistics(parent, text) if final else (None, None)
+            key, store = self._statistics(source, text) if final else (None, None)
             done |= keep is not None and extend(parent, imp, self.calibration(parent, text), keep, progress, final,
-                                                store)
+                                                store, source)
             if done:
                 imp.save(cache_path(parent, text))
             if key:
@@ -549,7 +556,7 @@ class Workspace:
         rule = self._for_family(design, d.parent, []).block_rule
         ready = d.importance is not None and (rule != "search" or searched(d.importance, d.shape.layers))
         kept = choose_layers(d.importance, d.shape.layers, rule) if ready else None
-        return d, describe(d.parent, d.shape, self._for_family(design, d.parent, []).basis), kept
+        return d, describe(d.parent, d.shape), kept
 
     def build(self, session_id: str | None, design: Design, progress: Progress | None = None,
               speed: bool = True) -> tuple[Designed, dict]:
@@ -735,8 +742,7 @@ class Workspace:
             raise SubcloneError(f"choose initializations among {', '.join(INITS)}")
         light = self.design(design, s, plan=False)  # the shape, before anything is measured or allocated
         config = self.train_config(light.parent, steps, distill)
-        basis = self._for_family(design, light.parent, []).basis
-        need = TRAIN_BYTES_PER_PARAM * describe(light.parent, light.shape, basis)["params"] * len(inits) / 2**20
+        need = TRAIN_BYTES_PER_PARAM * describe(light.parent, light.shape)["params"] * len(inits) / 2**20
         if need > self.limits.memory_mb:  # the inits train side by side: each holds weights, gradients and AdamW
             raise SubcloneError(f"training {len(inits)} initialization(s) of this child side by side needs about "
                                 f"{need / 1024:.1f} GB (weights, gradients and AdamW state); this app allows "
@@ -745,8 +751,10 @@ class Workspace:
         d = self.design(design, s, compute=True)
         records, box, pace = queue.Queue(), {}, Pace(config.steps * len(inits))
 
-        def fitted(plan):  # the fits Build made (cached); in principal directions the init rotates and fits itself
-            return self.fits(d.parent, d.text, plan) if plan.basis == "dims" else None
+        turned = self.source(d) if d.plan.basis != "dims" else None  # the rotated parent Build cut from (cached)
+
+        def fitted(plan):  # the fits Build made (cached)
+            return self.fits(turned if plan.basis != "dims" else d.parent, d.text, plan)
 
         with s.job("training") as job:
             def work():
@@ -756,7 +764,7 @@ class Workspace:
                                                 on_step=pace.step,
                                                 block_rule=d.plan.block_rule, neuron_rule=d.plan.neuron_rule,
                                                 scale=d.plan.scale, score=d.plan.score, compensate=d.plan.compensate,
-                                                basis=d.plan.basis, fitted=fitted)
+                                                basis=d.plan.basis, fitted=fitted, rotated=turned)
                 except BaseException as e:  # handed to the consumer below
                     box["error"] = e
                 finally:

@@ -53,9 +53,9 @@ def test_clone_in_principal_directions_rebuilds_from_its_record(tmp_path, tiny_d
     out = tmp_path / "turned"
     made = cli("clone", "--parent", str(tiny_dir), "--hidden", "24", "--basis", "principal", "--compensate", "none",
                "--out", str(out))
-    child = AutoModelForCausalLM.from_pretrained(out)  # plain transformers: an untied Llama
+    child = AutoModelForCausalLM.from_pretrained(out)  # plain transformers: a Llama, tied as the parent is
     assert made["basis"] == "principal" and child.num_parameters() == made["params"]
-    assert not child.config.tie_word_embeddings
+    assert child.config.tie_word_embeddings and child.lm_head.weight is child.model.embed_tokens.weight
     from subclone import Plan, build, load_parent
     from subclone.compensate import windows
 

@@ -692,28 +692,52 @@ def test_principal_directions_rotate_the_stream_without_changing_the_function(na
     assert (variance[:-1] >= variance[1:] - 1e-6 * variance[0]).all()
     assert (cov - torch.diag(variance)).abs().max() < 1e-4 * variance[0]
     imp = measure(parent, Tokens(ids(4, 32)))
-    full = make_plan(parent, imp, resolve_shape(parent.family, parent.shape), basis="principal")
-    child = build(parent, full, tokens)
-    assert full.params == count(parent.model, parent.family, parent.shape, tied=False)[0] == child.num_parameters()
+    shape = resolve_shape(parent.family, parent.shape)
+    assert make_plan(parent, imp, shape, basis="principal").basis == "dims"  # uncut: the same function, not rotated
+    full = make_plan(turned, imp, shape, basis="principal")
+    child = build(turned, full)  # a tied parent's child is tied again, exactly at full width
+    assert is_tied(child) == is_tied(parent.model) == turned.ties
+    assert full.params == count(parent.model, parent.family, shape, is_tied(parent.model))[0] == child.num_parameters()
     assert torch.allclose(child(x).logits, parent.model(x).logits, atol=1e-4)
     with pytest.raises(SubcloneError, match="calibration tokens"):
-        build(parent, full)
+        build(parent, make_plan(parent, imp, resolve_shape(parent.family, parent.shape, hidden=24), basis="principal"))
     with pytest.raises(SubcloneError, match="pre-RMSNorm"):
         make_plan(tiny_parent("gpt2"), measure(tiny_parent("gpt2"), Tokens(ids(4, 16))),
                   resolve_shape(tiny_parent("gpt2").family, tiny_parent("gpt2").shape), basis="principal")
+
+
+def test_the_symmetric_fit_is_the_least_squares_optimum_among_symmetric_maps():
+    from subclone.rotate import symmetric_fit
+
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn(50, 6, generator=g, dtype=torch.float64)
+    s = torch.randn(6, 6, generator=g, dtype=torch.float64)
+    assert torch.allclose(symmetric_fit(m, m @ (s + s.T)), s + s.T, atol=1e-9)  # a symmetric truth is found
+    h = torch.randn(50, 6, generator=g, dtype=torch.float64)
+    a = symmetric_fit(m, h)
+    loss = lambda x: (m @ x - h).pow(2).sum()  # noqa: E731
+    assert torch.allclose(a, a.T, atol=1e-12)
+    for _ in range(5):  # any symmetric step away from it costs
+        e = torch.randn(6, 6, generator=g, dtype=torch.float64)
+        assert loss(a + 1e-3 * (e + e.T)) > loss(a)
+    naive = torch.linalg.lstsq(m, h).solution
+    assert loss(a) <= loss((naive + naive.T) / 2)
 
 
 def test_a_stream_confined_to_k_directions_is_cut_to_k_without_loss():
     """Everything that writes the stream of a tiny Llama writes into one random 12-dimensional subspace of its 48:
     the child of hidden 12 in principal directions computes the parent's function (its logits × √(12/48), the final
     norm now averaging over 12 dimensions, with the embeddings left unscaled), while 12 of the parent's own
-    dimensions lose most of it."""
+    dimensions lose most of it. The parent ties its LM head, with final-norm weights far from 1 (as SmolLM2's, −2.1
+    to 3.3): the child is tied too, one embedding matrix, the size of a child in the parent's own dimensions (its
+    embeddings lie in the kept directions, so the head's symmetric map is exact: rotate.tie)."""
     parent = tiny_parent("llama")
     d, k = parent.shape.hidden, 12
     basis = torch.linalg.qr(torch.randn(d, k, generator=torch.Generator().manual_seed(0))).Q
     onto = basis @ basis.T
     m = parent.model
     with torch.no_grad():
+        m.model.norm.weight.copy_(torch.linspace(-1, 3, d)[torch.randperm(d, generator=torch.Generator().manual_seed(1))])
         m.model.embed_tokens.weight.copy_(50 * m.model.embed_tokens.weight @ onto)  # tied: the LM head too; the
         # stream well above the norms' ε
         for b in m.model.layers:
@@ -724,9 +748,12 @@ def test_a_stream_confined_to_k_directions_is_cut_to_k_without_loss():
     shape = resolve_shape(parent.family, parent.shape, hidden=k)
     x = ids()
     want = parent.model(x).logits * math.sqrt(k / d)
-    error = {basis: (build(parent, make_plan(parent, imp, shape, basis=basis, scale={"embed": False}), tokens)(x)
-                     .logits - want).norm() / want.norm() for basis in ("principal", "dims")}
+    plans = {basis: make_plan(parent, imp, shape, basis=basis, scale={"embed": False}) for basis in ("principal", "dims")}
+    children = {basis: build(parent, plan, tokens) for basis, plan in plans.items()}
+    error = {basis: (child(x).logits - want).norm() / want.norm() for basis, child in children.items()}
     assert error["principal"] < 1e-3 and error["dims"] > 0.3, error
+    assert is_tied(m) and is_tied(children["principal"])
+    assert children["principal"].num_parameters() == plans["principal"].params == plans["dims"].params
 
 
 LICENSES = Path("/usr/share/common-licenses")

@@ -10,7 +10,7 @@ import torch
 
 from subclone import SubcloneError
 from subclone.limits import Limits
-from subclone.plan import PRESETS
+from subclone.plan import PRESETS, is_tied
 from subclone.workspace import Cancelled, Design, Workspace
 
 from .conftest import tiny_model, tiny_parent
@@ -211,19 +211,23 @@ def _passes(monkeypatch) -> list:
     return calls
 
 
-def test_the_first_build_at_a_new_depth_fits_the_child_in_the_span_checks_pass(ws, tiny_dir, monkeypatch):
+@pytest.mark.parametrize("basis", ["dims", "principal"])
+def test_the_first_build_at_a_new_depth_fits_the_child_in_the_span_checks_pass(ws, tiny_dir, monkeypatch, basis):
     """The span check's one pass also fits the child for either outcome; the winner's fits are the ones kept, equal
-    to the child's own pass over the calibration windows, so the build makes no second pass."""
+    to the child's own pass over the calibration windows, so the build makes no second pass. In principal directions
+    the pass runs on the rotated parent the child is cut from."""
     from subclone.compensate import fit
     from subclone.importance import cache_path
 
     cache_path(ws.parent(str(tiny_dir)), ws.text("builtin")).unlink(missing_ok=True)  # no depth checked yet
     calls = _passes(monkeypatch)
-    d, _ = ws.build("alice", small(tiny_dir))
+    d, _ = ws.build("alice", small(tiny_dir, basis=basis))
     assert len(calls) == 1 and len(calls[0]) == 4  # the check's two candidates and the child with each
     assert {tuple(p.layers) for p in calls[0][2:]} == {tuple(p.layers) for p in calls[0][:2]}
     assert tuple(d.plan.layers) in {tuple(p.layers) for p in calls[0][2:]}
-    kept, alone = ws.fits(d.parent, d.text, d.plan), fit(d.parent, d.plan, ws.calibration(d.parent, d.text), "all")
+    source = ws.source(d)  # the parent, or the parent rotated
+    assert d.plan.basis == basis and bool(source.basis) == (basis == "principal")
+    kept, alone = ws.fits(source, d.text, d.plan), fit(source, d.plan, ws.calibration(d.parent, d.text), "all")
     assert len(calls) == 2 and kept.keys() == alone.keys() and all(torch.equal(kept[k], alone[k]) for k in kept)
 
 
@@ -273,9 +277,10 @@ def test_heal_trains_from_the_fits_build_made(ws, tiny_dir, monkeypatch):
 
 
 def test_principal_directions_are_measured_once_per_parent_and_text(ws, tiny_dir, monkeypatch):
-    """A child in principal directions is cut from the rotated parent, made once and kept: another shape reuses it.
-    Its size counts the untied LM head, in the readout before anything is built too. A family that cannot rotate
-    keeps its own dimensions, and says so."""
+    """A child in principal directions is cut from the rotated parent, made once and kept: another shape reuses it,
+    and so does Heal. The tiny parent ties its LM head, and so does the child: the size of a child in the parent's own
+    dimensions, in the readout before anything is built too. A family that cannot rotate keeps its own dimensions,
+    and says so where the hidden size is cut."""
     import subclone.workspace as workspace
     from subclone.plan import describe
 
@@ -284,14 +289,17 @@ def test_principal_directions_are_measured_once_per_parent_and_text(ws, tiny_dir
     monkeypatch.setattr(workspace, "rotated", lambda *a: calls.append(1) or real(*a))
     design = small(tiny_dir, basis="principal", compensate="none", block_rule="magnitude")
     d, metrics = ws.build("ann", design)
-    untied = describe(d.parent, d.shape, "principal")["params"]
-    assert d.plan.basis == "principal" and metrics["params"] == d.plan.params == untied
-    assert untied > describe(d.parent, d.shape)["params"]  # the tiny parent ties its LM head
-    assert ws.preview(design)[1]["params"] == untied
-    ws.build("ann", dataclasses.replace(design, hidden=20, compensate="all"))
-    assert len(calls) == 1
+    size = describe(d.parent, d.shape)["params"]
+    assert d.plan.basis == "principal" and metrics["params"] == d.plan.params == size
+    assert is_tied(ws.session("ann").built[1])
+    assert ws.preview(design)[1]["params"] == size
+    fitted = dataclasses.replace(design, hidden=20, compensate="all")
+    ws.build("ann", fitted)
+    events = list(ws.heal("ann", fitted, steps=1, inits=["subclone"]))
+    assert events[-1][0] == "done" and len(calls) == 1
     notes = []
     assert Workspace._for_family(design, tiny_parent("gpt2"), notes).basis == "dims" and "principal" in notes[0]
+    assert Workspace._for_family(design, tiny_parent("gpt2"), [], cuts_hidden=False).basis == "dims"
 
 
 def test_heal_stopped_early_keeps_a_curve_for_every_initialization(ws, tiny_dir):
@@ -349,12 +357,13 @@ def test_a_compensated_sweep_measures_all_its_children_in_one_pass(ws, tiny_dir)
     at 2 blocks). The children are the ones fitted each on its own."""
     from subclone.sweep import sweep
 
-    design = small(tiny_dir, block_rule="magnitude")  # no search: only the fits run the parent on calibration text
+    design = small(tiny_dir, block_rule="magnitude", basis="principal")  # no search: only the fits run the parent
     d = ws.design(design, compute=True)  # importance and the heads' order (a pass of its own)
     parent, text, imp = d.parent, d.text, d.importance
     ref, tokens = ws.reference(parent, text), ws.calibration(parent, text)
+    source = ws.rotated(parent, text)  # half width in principal directions: the sweep cuts every child from it
     batches = []
-    handle = parent.model.get_submodule(parent.family.layers)[0].register_forward_pre_hook(
+    handle = source.model.get_submodule(parent.family.layers)[0].register_forward_pre_hook(
         lambda _, args: batches.append(len(args[0])))
     try:
         frame, _ = ws.sweep("hal", design, "3, 2", "100, 50")
@@ -362,14 +371,15 @@ def test_a_compensated_sweep_measures_all_its_children_in_one_pass(ws, tiny_dir)
         handle.remove()
     assert len(frame) == 4 and sum(batches) == len(tokens.ids)  # every calibration window, once
     shapes, _ = ws.sweep_plan(design, "3, 2", "100, 50")
-    alone = sweep(parent, imp, ref, shapes, score=design.score, compensate=design.compensate, calibration=tokens)
+    alone = sweep(source, imp, ref, shapes, score=design.score, compensate=design.compensate, calibration=tokens,
+                  basis=design.basis)
     assert alone["perplexity"].tolist() == pytest.approx(frame["perplexity"].tolist(), rel=1e-4)
 
 
 def test_two_sweeps_at_once_make_one_pass(ws, tiny_dir):
     """Two sessions sweeping the same parent and text at the same moment: the second waits for the first's pass
     over the calibration windows and solves its fits from the same sums, without a pass of its own."""
-    design = small(tiny_dir, block_rule="magnitude")
+    design = small(tiny_dir, block_rule="magnitude", basis="principal")
     d = ws.design(design, compute=True)
     ws.reference(d.parent, d.text)
     tokens, batches, start = ws.calibration(d.parent, d.text), [], threading.Barrier(2)
@@ -378,7 +388,8 @@ def test_two_sweeps_at_once_make_one_pass(ws, tiny_dir):
         batches.append(len(args[0]))
         time.sleep(0.05)
 
-    handle = d.parent.model.get_submodule(d.parent.family.layers)[0].register_forward_pre_hook(slow)
+    source = ws.rotated(d.parent, d.text)  # the sweep's half width is cut in principal directions, from it
+    handle = source.model.get_submodule(d.parent.family.layers)[0].register_forward_pre_hook(slow)
     frames = {}
 
     def session(name):
