@@ -40,7 +40,8 @@ def _shape_flags(p):
     p.add_argument("--score", help="what ranks FFN neurons and heads: activation (the paper) or activation-weight")
     p.add_argument("--compensate", help="least-squares fits on calibration text: none (the paper), refit, depth, all")
     p.add_argument("--basis", help="the residual width is cut in: dims (the parent's own dimensions) or principal "
-                                   "(the stream's principal directions on calibration text, Llama family; the preset best's)")
+                                   "(the stream's principal directions on calibration text, Llama family; a tied "
+                                   "parent's child stays tied)")
     p.add_argument("--no-scale", action="store_true", help="do not rescale sliced weights by sqrt(d/d')")
     p.add_argument("--seed", type=int, default=0, help="for the random neuron rule")
 
