@@ -93,12 +93,16 @@ def gram_matrix(a: torch.Tensor) -> torch.Tensor:
 
 def solve(gram: torch.Tensor, rhs: torch.Tensor, prior: torch.Tensor, share: float = 1.0) -> torch.Tensor:
     """prior + share (X* − prior), X* = argmin_X ‖A X − B‖² + λ‖X − prior‖² given gram = AᵀA and rhs = AᵀB: ridge
-    towards the unfitted weights, so directions the calibration text does not excite keep the parent's values."""
-    gram = gram.double()
-    ridge = RIDGE * gram.diagonal().mean().clamp_min(1e-12)
-    eye = torch.eye(len(gram), dtype=gram.dtype)
-    fitted = torch.linalg.solve(gram + ridge * eye, rhs.double() + ridge * prior.double())
-    return (prior.double() + share * (fitted - prior.double())).float()
+    towards the unfitted weights, so directions the calibration text does not excite keep the parent's values.
+    Solved in float64 by Cholesky (AᵀA + λI is positive definite; LU where rounding says otherwise)."""
+    a = gram.double()
+    ridge = RIDGE * a.diagonal().mean().clamp_min(1e-12)
+    a = a.clone() if a is gram else a
+    a.diagonal().add_(ridge)
+    b = rhs.double() + ridge * prior.double()
+    factor, info = torch.linalg.cholesky_ex(a)
+    fitted = torch.linalg.solve(a, b) if info else torch.cholesky_solve(b, factor)
+    return prior + share * (fitted.float() - prior)
 
 
 def residual_reads(family) -> list[str]:
@@ -281,20 +285,26 @@ def fuse(parent, refit: dict, runs: dict, stats: dict, values: dict | None = Non
         out[f"{prefix}.{fam.values}.weight"], out[f"{prefix}.{fam.heads_input}.weight"] = wv, wo
         if bv is not None:  # Qwen2: the new values mix the parent's value biases too
             out[f"{prefix}.{fam.values}.bias"] = bv
+    weights = {}  # (block, module): (module, its weight as (inputs, d): output = a @ w_t + bias)
     for i, m in set(refit) | {(p, fam.ffn_input) for p in runs}:
+        module = parent.model.get_submodule(f"{fam.layers}.{i}.{m}")
+        w = out.get(f"{fam.layers}.{i}.{m}.weight", module.weight).detach().float()  # a value fit, refit again
+        weights[(i, m)] = module, (w if fam.weights_in_out else w.T).clone()
+    shared = {}  # the layers that read one input (q, k, v; gate, up) and keep the same inputs: one solve for all
+    for (i, m), kept in refit.items():
+        shared.setdefault((i, id(stats[(i, m)]), tuple(kept), m in reads), []).append(m)
+    for (i, _, kept, read), modules in shared.items():
+        k, g = torch.tensor(kept), stats[(i, modules[0])]
+        w = torch.cat([weights[(i, m)][1] for m in modules], 1)
+        x = solve(g[k][:, k], g[k] @ w, w[k], RESIDUAL_SHARE if read else 1.0)
+        for m, part in zip(modules, x.split([weights[(i, m)][1].shape[1] for m in modules], 1)):
+            weights[(i, m)][1][k] = part
+    for (i, m), (module, w_t) in weights.items():
         prefix = f"{fam.layers}.{i}.{m}"
-        module = parent.model.get_submodule(prefix)
-        w = out.get(f"{prefix}.weight", module.weight).detach().float()  # a value fit, refit on the kept residual
-        w_t = (w if fam.weights_in_out else w.T).clone()  # (inputs, d): output = a @ w_t + bias
-        if (i, m) in refit:
-            k = torch.tensor(refit[(i, m)])
-            g = stats[(i, m)]
-            w_t[k] = solve(g[k][:, k], g[k] @ w_t, w_t[k], RESIDUAL_SHARE if m in reads else 1.0)
         if m == fam.ffn_input and i in runs:
             gram = stats[("mm", i)]
             # (d, d): M T stands in for the removed blocks
-            eye = torch.eye(len(gram))
-            t = solve(gram, stats[("mr", i, runs[i])], eye, DEPTH_SHARE)
+            t = solve(gram, stats[("mr", i, runs[i])], torch.eye(len(gram)), DEPTH_SHARE)
             w_t = w_t @ t
             if getattr(module, "bias", None) is not None:
                 out[f"{prefix}.bias"] = (module.bias.detach().float() @ t).to(module.bias.dtype)

@@ -575,6 +575,25 @@ def _ffn_error(parent, child_plan, fitted, tokens, layer):
     return (a @ w_k + bias - seen["out"]).norm().item()
 
 
+def test_the_ridge_fit_is_least_squares_with_the_prior_as_extra_rows_and_keeps_its_share():
+    from subclone.compensate import RIDGE, solve
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(40, 12, generator=g, dtype=torch.float64) * torch.logspace(0, 3, 12, dtype=torch.float64)
+    b, prior = torch.randn(40, 5, generator=g, dtype=torch.float64), torch.randn(12, 5, generator=g)
+    gram = a.T @ a
+    lam = RIDGE * gram.diagonal().mean()
+    # min ‖A X − B‖² + λ‖X − prior‖² is least squares on A stacked over √λ I, B over √λ prior
+    best = torch.linalg.lstsq(torch.cat([a, lam.sqrt() * torch.eye(12, dtype=a.dtype)]),
+                              torch.cat([b, lam.sqrt() * prior.double()])).solution
+    assert torch.allclose(solve(gram.float(), (a.T @ b).float(), prior).double(), best, rtol=1e-4, atol=1e-4)
+    half = solve(gram.float(), (a.T @ b).float(), prior, share=0.5).double()
+    assert torch.allclose(half, (prior.double() + best) / 2, rtol=1e-4, atol=1e-4)
+    bent = torch.diag(torch.tensor([1.0] * 11 + [-5.0]))  # λ = 0.05 leaves it indefinite: Cholesky refuses, LU solves
+    want = torch.tensor([1 / 1.05] * 11 + [1 / -4.95])[:, None]
+    assert torch.allclose(solve(bent, torch.ones(12, 1), torch.zeros(12, 1)), want)
+
+
 @pytest.mark.parametrize("name", ["llama", "gpt2"])
 def test_refit_brings_each_cut_ffn_closer_to_the_parent_and_full_shape_changes_nothing(name):
     from subclone.compensate import fit
