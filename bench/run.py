@@ -37,12 +37,16 @@ def _version(name: str) -> str:
         return "not installed"
 
 
+def cpu() -> str:
+    return next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else "?"
+
+
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else "?"
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, no GPU, fp32. Python {platform.python_version()}; "
-            + ", ".join(f"{p} {_version(p)}" for p in PACKAGES) + ".")
+    return (f"{cpu()}, {os.cpu_count()} cores, {mem:.0f} GiB, no GPU, fp32 (the shared machine's host can change "
+            "between runs: each section says the CPU it ran on, where it was recorded). Python "
+            f"{platform.python_version()}; " + ", ".join(f"{p} {_version(p)}" for p in PACKAGES) + ".")
 
 
 def run(name: str) -> None:
@@ -55,7 +59,7 @@ def run(name: str) -> None:
     minutes = (time.time() - t) / 60
     stamp = time.strftime("%Y-%m-%d", time.gmtime(t))
     body = (f"## {title}\n\n`{' '.join(cmd)}` — {stamp}, {minutes:.0f} min, load average {load:.1f} when it "
-            f"started.\n\n{out.stdout.strip()}\n")
+            f"started, on {cpu()}.\n\n{out.stdout.strip()}\n")
     (HERE / "results").mkdir(exist_ok=True)
     tmp = HERE / "results" / f".{name}.md.tmp"
     tmp.write_text(body)
