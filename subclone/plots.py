@@ -212,7 +212,8 @@ def curves(histories: dict[str, list[dict]], steps: int | None = None) -> go.Fig
         fig.add_trace(go.Scatter(x=[h["step"] for h in evals], y=[h["eval_loss"] for h in evals], name=f"{init} held-out",
                                  mode="lines+markers", line=dict(color=color)))
         fig.add_trace(go.Scatter(x=[h["step"] for h in trains], y=[h["train_loss"] for h in trains], name=f"{init} train",
-                                 mode="lines", line=dict(color=color, dash="dot")))
+                                 mode="lines" if len(trains) > 1 else "markers",  # one step: a line would not show
+                                 line=dict(color=color, dash="dot"), marker=dict(color=color, symbol="circle-open")))
     fig = _layout(fig, "Recovery training", "step", "loss (nats / token)", height=420)
     if steps:
         fig.update_xaxes(range=[0, steps], dtick=max(1, steps // 6))

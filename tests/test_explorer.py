@@ -138,3 +138,11 @@ def test_a_trained_childs_card_says_it_was_trained(llama):
     random_card = export.model_card(parent, child, None, "builtin", training=training)
     assert "from random initialization" in random_card and "block rule" not in random_card
     assert "subclone.json" not in random_card
+
+
+def test_a_training_loss_of_one_step_is_drawn_as_a_point():
+    one = plots.curves({"subclone": [dict(step=0, eval_loss=3.0), dict(step=1, train_loss=2.9, eval_loss=2.8)]}, 1)
+    many = plots.curves({"subclone": [dict(step=0, eval_loss=3.0), *(dict(step=s, train_loss=3 - s / 10)
+                                                                     for s in (1, 2))]}, 2)
+    assert one.data[1].mode == "markers" and list(one.data[1].y) == [2.9]  # a lone point of a line is not drawn
+    assert many.data[1].mode == "lines" and many.data[1].line.dash == "dot"
