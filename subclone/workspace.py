@@ -499,7 +499,14 @@ class Workspace:
             fits = fit(parent, plan, self.calibration(parent, text), plan.compensate, progress, store=store)
             self._recount(key)
             return fits
-        return self._once(self._fits_key(parent, text, plan), make, heavy=True)
+        key = self._fits_key(parent, text, plan)
+        with self._lock:
+            if key in self._heavy:  # kept: no wait for another caller's pass
+                return self._once(key, make, heavy=True)
+        # one pass at a time, as the search and the sweep: a second build waits and solves from the first's sums,
+        # and the lock is taken before this key's, which the search's pass takes last for the child it fits
+        with self._measuring(parent, text):
+            return self._once(key, make, heavy=True)
 
     def measure_fits(self, parent: Parent, text: Text, plans: list[Plan], progress: Progress | None = None) -> None:
         """What the fits of these plans need and neither the fits nor their kept statistics hold yet, measured in one

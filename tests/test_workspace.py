@@ -412,6 +412,42 @@ def test_two_sweeps_at_once_make_one_pass(ws, tiny_dir):
     assert frames["ann"]["perplexity"].tolist() == frames["bob"]["perplexity"].tolist()
 
 
+def test_two_builds_at_once_make_one_pass(ws, tiny_dir):
+    """Two sessions building children of two FFN widths at the same moment: the second waits for the first's pass
+    over the calibration windows and solves its fits from the sums it kept (the cut FFN's input Gram matrix serves
+    either width), so the parent runs over the windows once."""
+    design = small(tiny_dir, block_rule="magnitude")
+    d = ws.design(design, compute=True)
+    ws.reference(d.parent, d.text)
+    tokens, batches, start = ws.calibration(d.parent, d.text), [], threading.Barrier(2)
+
+    def slow(_, args):  # a pass long enough that two unlocked ones would overlap
+        batches.append(len(args[0]))
+        time.sleep(0.05)
+
+    handle = d.parent.model.get_submodule(d.parent.family.layers)[0].register_forward_pre_hook(slow)
+    built = {}
+
+    def session(name, ffn):
+        start.wait()
+        try:
+            built[name] = ws.build(name, dataclasses.replace(design, ffn=ffn), speed=False)[1]
+        except Exception as e:  # reported below
+            built[name] = e
+
+    try:
+        threads = [threading.Thread(target=session, args=a) for a in (("ann", 20), ("bob", 16))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    finally:
+        handle.remove()
+    assert not [e for e in built.values() if isinstance(e, Exception)], built
+    assert sum(batches) == len(tokens.ids)  # every calibration window once, for both children
+    assert built["ann"]["perplexity"] != built["bob"]["perplexity"]  # two children, each with its own fits
+
+
 def test_a_sweep_of_the_best_preset_checks_the_span_at_every_depth_it_cuts_to(ws, tiny_dir):
     design = small(tiny_dir)  # block search, compensation; 3 blocks, which the sweep below does not cut to
     list(ws.sweeping("gil", design, "2, 1", "100"))
