@@ -17,6 +17,7 @@ import warnings
 
 from .errors import SubcloneError
 from .limits import int_arg, text_arg
+from .parents import BUILTIN, DEFAULT_PARENT
 from .plan import DEFAULT_SCALE, PRESETS
 from .train import INITS
 
@@ -50,21 +51,23 @@ def parser() -> argparse.ArgumentParser:
     top = _Parser(prog="python -m subclone", description="Make a smaller transformer by weight subcloning.")
     sub = top.add_subparsers(dest="command", required=True, parser_class=_Parser)
     data_help = "builtin (default), a .txt/.jsonl/.csv/.parquet file, or a datasets hub id"
+    parent_help = (f"a bundled parent ({', '.join(BUILTIN)}; default {DEFAULT_PARENT}), a local Hugging Face model "
+                   "directory (safetensors), or a hub id when online")
 
     a = sub.add_parser("analyze", help="measure which neurons, heads and blocks matter")
-    a.add_argument("--parent", default="smollm2-135m")
+    a.add_argument("--parent", default=DEFAULT_PARENT, help=parent_help)
     a.add_argument("--data", default="builtin", help=data_help)
     a.add_argument("--out", help="also write importance.safetensors and analysis.json here")
 
     c = sub.add_parser("clone", help="build a child and save it as a Hugging Face model directory")
-    c.add_argument("--parent", default="smollm2-135m")
+    c.add_argument("--parent", default=DEFAULT_PARENT, help=parent_help)
     c.add_argument("--data", default="builtin", help=data_help)
     _shape_flags(c)
     c.add_argument("--out", required=True)
 
     t = sub.add_parser("train", help="train a child (subcloned, uniform or random init) and save it; "
                                      "runs under torchrun / accelerate launch too")
-    t.add_argument("--parent", default="smollm2-135m")
+    t.add_argument("--parent", default=DEFAULT_PARENT, help=parent_help)
     t.add_argument("--data", default="builtin", help=data_help + "; its first 80%% trains, the rest evaluates")
     _shape_flags(t)
     t.add_argument("--init", default="subclone", choices=INITS,
