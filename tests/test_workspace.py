@@ -376,39 +376,45 @@ def test_a_compensated_sweep_measures_all_its_children_in_one_pass(ws, tiny_dir)
     assert alone["perplexity"].tolist() == pytest.approx(frame["perplexity"].tolist(), rel=1e-4)
 
 
-def test_two_sweeps_at_once_make_one_pass(ws, tiny_dir):
-    """Two sessions sweeping the same parent and text at the same moment: the second waits for the first's pass
-    over the calibration windows and solves its fits from the same sums, without a pass of its own."""
-    design = small(tiny_dir, block_rule="magnitude", basis="principal")
-    d = ws.design(design, compute=True)
-    ws.reference(d.parent, d.text)
-    tokens, batches, start = ws.calibration(d.parent, d.text), [], threading.Barrier(2)
+def _at_once(model, family, work: dict) -> tuple[dict, list[int]]:
+    """{name: what work[name]() returned or raised}, each started at the same moment on its own thread, and the batch
+    sizes the model's first block ran, slowed so that two unlocked passes would overlap."""
+    batches, start, done = [], threading.Barrier(len(work)), {}
 
-    def slow(_, args):  # a pass long enough that two unlocked ones would overlap
+    def slow(_, args):
         batches.append(len(args[0]))
         time.sleep(0.05)
-
-    source = ws.rotated(d.parent, d.text)  # the sweep's half width is cut in principal directions, from it
-    handle = source.model.get_submodule(d.parent.family.layers)[0].register_forward_pre_hook(slow)
-    frames = {}
 
     def session(name):
         start.wait()
         try:
-            frames[name] = ws.sweep(name, design, "3, 2", "100, 50")[0]
-        except Exception as e:  # reported below
-            frames[name] = e
+            done[name] = work[name]()
+        except Exception as e:  # reported by the caller
+            done[name] = e
 
+    handle = model.get_submodule(family.layers)[0].register_forward_pre_hook(slow)
     try:
-        threads = [threading.Thread(target=session, args=(n,)) for n in ("ann", "bob")]
+        threads = [threading.Thread(target=session, args=(n,)) for n in work]
         for t in threads:
             t.start()
         for t in threads:
             t.join(timeout=120)
     finally:
         handle.remove()
-    assert not [e for e in frames.values() if isinstance(e, Exception)], frames
-    assert sum(batches) == len(tokens.ids)  # every calibration window once, for both sweeps
+    assert not [e for e in done.values() if isinstance(e, Exception)], done
+    return done, batches
+
+
+def test_two_sweeps_at_once_make_one_pass(ws, tiny_dir):
+    """Two sessions sweeping the same parent and text at the same moment: the second waits for the first's pass
+    over the calibration windows and solves its fits from the same sums, without a pass of its own."""
+    design = small(tiny_dir, block_rule="magnitude", basis="principal")
+    d = ws.design(design, compute=True)
+    ws.reference(d.parent, d.text)
+    source = ws.rotated(d.parent, d.text)  # the sweep's half width is cut in principal directions, from it
+    frames, batches = _at_once(source.model, d.parent.family,
+                               {n: lambda n=n: ws.sweep(n, design, "3, 2", "100, 50")[0] for n in ("ann", "bob")})
+    assert sum(batches) == len(ws.calibration(d.parent, d.text).ids)  # every calibration window once, for both
     assert frames["ann"]["perplexity"].tolist() == frames["bob"]["perplexity"].tolist()
 
 
@@ -419,32 +425,10 @@ def test_two_builds_at_once_make_one_pass(ws, tiny_dir):
     design = small(tiny_dir, block_rule="magnitude")
     d = ws.design(design, compute=True)
     ws.reference(d.parent, d.text)
-    tokens, batches, start = ws.calibration(d.parent, d.text), [], threading.Barrier(2)
-
-    def slow(_, args):  # a pass long enough that two unlocked ones would overlap
-        batches.append(len(args[0]))
-        time.sleep(0.05)
-
-    handle = d.parent.model.get_submodule(d.parent.family.layers)[0].register_forward_pre_hook(slow)
-    built = {}
-
-    def session(name, ffn):
-        start.wait()
-        try:
-            built[name] = ws.build(name, dataclasses.replace(design, ffn=ffn), speed=False)[1]
-        except Exception as e:  # reported below
-            built[name] = e
-
-    try:
-        threads = [threading.Thread(target=session, args=a) for a in (("ann", 20), ("bob", 16))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
-    finally:
-        handle.remove()
-    assert not [e for e in built.values() if isinstance(e, Exception)], built
-    assert sum(batches) == len(tokens.ids)  # every calibration window once, for both children
+    built, batches = _at_once(d.parent.model, d.parent.family, {
+        n: lambda n=n, ffn=ffn: ws.build(n, dataclasses.replace(design, ffn=ffn), speed=False)[1]
+        for n, ffn in (("ann", 20), ("bob", 16))})
+    assert sum(batches) == len(ws.calibration(d.parent, d.text).ids)  # every calibration window once, for both
     assert built["ann"]["perplexity"] != built["bob"]["perplexity"]  # two children, each with its own fits
 
 
