@@ -203,17 +203,19 @@ INIT_COLORS = {"subclone": "#3b6fb6", "uniform": "#e08a1e", "random": "#7f7f7f"}
 
 def curves(histories: dict[str, list[dict]], steps: int | None = None) -> go.Figure:
     """Train and held-out loss against step, one colour per initialization; the x-axis spans the whole run
-    (`steps`) from the start, so the curves grow into a fixed frame."""
+    (`steps`) from the start, so the curves grow into a fixed frame (the points are not clipped by it: the last step's
+    sit on its right edge)."""
     fig = go.Figure()
     for init, history in histories.items():
         color = INIT_COLORS.get(init)
         evals = [h for h in history if h.get("eval_loss") is not None]
         trains = [h for h in history if h.get("train_loss") is not None]
         fig.add_trace(go.Scatter(x=[h["step"] for h in evals], y=[h["eval_loss"] for h in evals], name=f"{init} held-out",
-                                 mode="lines+markers", line=dict(color=color)))
+                                 mode="lines+markers", line=dict(color=color), cliponaxis=False))
         fig.add_trace(go.Scatter(x=[h["step"] for h in trains], y=[h["train_loss"] for h in trains], name=f"{init} train",
                                  mode="lines" if len(trains) > 1 else "markers",  # one step: a line would not show
-                                 line=dict(color=color, dash="dot"), marker=dict(color=color, symbol="circle-open")))
+                                 line=dict(color=color, dash="dot"), marker=dict(color=color, symbol="circle-open"),
+                                 cliponaxis=False))
     fig = _layout(fig, "Recovery training", "step", "loss (nats / token)", height=420)
     if steps:
         fig.update_xaxes(range=[0, steps], dtick=max(1, steps // 6))
