@@ -468,7 +468,7 @@ class Workspace:
         block search), whose span check also fits the `final` child, on `source` (the parent the child is cut from:
         the parent or the parent rotated); both are saved with the importance record."""
         source = source or parent
-        with self._measuring(parent, text):  # one search per parent and text at a time; a second finds it done
+        with self._measuring(parent, text, progress):  # one search per parent and text at once; a second finds it done
             done = heads and order_heads(parent, imp, self.calibration(parent, text), progress=progress)
             key, store = self._statistics(source, text) if final else (None, None)
             done |= keep is not None and extend(parent, imp, self.calibration(parent, text), keep, progress, final,
@@ -478,11 +478,22 @@ class Workspace:
             if key:
                 self._recount(key)
 
-    def _measuring(self, parent: Parent, text: Text) -> threading.Lock:
-        """The lock of the passes over this parent's calibration windows on this text (the block search, the heads'
-        order, a sweep's fits): one at a time, so a second caller waits and finds what the first measured."""
+    @contextlib.contextmanager
+    def _measuring(self, parent: Parent, text: Text, progress: Progress | None = None):
+        """Held over a pass over this parent's calibration windows on this text (the block search, the heads' order,
+        a child's or a sweep's fits): one at a time, so a second caller waits and finds what the first measured. A
+        caller that waits is told so through `progress`, which also ends the wait when its job is stopped."""
         with self._lock:
-            return self._passes.setdefault((parent.fingerprint, text.digest), threading.Lock())
+            lock = self._passes.setdefault((parent.fingerprint, text.digest), threading.Lock())
+        if progress is None:
+            lock.acquire()
+        elif not lock.acquire(blocking=False):
+            while not lock.acquire(timeout=0.5):
+                progress(0.0, "waiting for another session's pass over this parent's calibration text")
+        try:
+            yield
+        finally:
+            lock.release()
 
     def calibration(self, parent: Parent, text: Text):
         """The calibration windows the fits of a compensated plan use (the first 16 are the ones importance was
@@ -505,13 +516,13 @@ class Workspace:
                 return self._once(key, make, heavy=True)
         # one pass at a time, as the search and the sweep: a second build waits and solves from the first's sums,
         # and the lock is taken before this key's, which the search's pass takes last for the child it fits
-        with self._measuring(parent, text):
+        with self._measuring(parent, text, progress):
             return self._once(key, make, heavy=True)
 
     def measure_fits(self, parent: Parent, text: Text, plans: list[Plan], progress: Progress | None = None) -> None:
         """What the fits of these plans need and neither the fits nor their kept statistics hold yet, measured in one
         pass over the calibration windows (a sweep: one pass for all its children, not one per new structure)."""
-        with self._measuring(parent, text):  # two sweeps at once: the second finds the sums in the store, no pass
+        with self._measuring(parent, text, progress):  # two sweeps at once: the second finds the sums in the store
             with self._lock:
                 todo = [p for p in plans
                         if p.compensate != "none" and self._fits_key(parent, text, p) not in self._heavy]

@@ -432,6 +432,35 @@ def test_two_builds_at_once_make_one_pass(ws, tiny_dir):
     assert built["ann"]["perplexity"] != built["bob"]["perplexity"]  # two children, each with its own fits
 
 
+def test_a_build_waiting_for_another_sessions_pass_says_so_and_stop_ends_the_wait(ws, tiny_dir):
+    design = small(tiny_dir, block_rule="magnitude")
+    d = ws.design(design, compute=True)
+    ws.reference(d.parent, d.text)
+    told, outcome, waiting = [], {}, threading.Event()
+
+    def progress(fraction, desc=""):
+        told.append(desc)
+        if desc.startswith("waiting"):
+            waiting.set()
+
+    def build(name):
+        try:
+            outcome[name] = ws.build(name, design, progress=progress, speed=False)[1]["perplexity"]
+        except Exception as e:
+            outcome[name] = e
+
+    with ws._measuring(d.parent, d.text):  # another session's pass, holding the parent and text
+        first = threading.Thread(target=build, args=("kim",))
+        first.start()
+        assert waiting.wait(timeout=30)
+        ws.stop("kim")
+        first.join(timeout=30)
+        assert isinstance(outcome["kim"], Cancelled) and not first.is_alive()  # it did not wait for the pass to end
+    build("lee")  # the pass over: the next build fits at once
+    assert isinstance(outcome["lee"], float)
+    assert "waiting for another session's pass over this parent's calibration text" in told
+
+
 def test_a_sweep_of_the_best_preset_checks_the_span_at_every_depth_it_cuts_to(ws, tiny_dir):
     design = small(tiny_dir)  # block search, compensation; 3 blocks, which the sweep below does not cut to
     list(ws.sweeping("gil", design, "2, 1", "100"))
