@@ -292,11 +292,11 @@ def fuse(parent, refit: dict, runs: dict, stats: dict, values: dict | None = Non
         weights[(i, m)] = module, (w if fam.weights_in_out else w.T).clone()
     shared = {}  # the layers that read one input (q, k, v; gate, up) and keep the same inputs: one solve for all
     for (i, m), kept in refit.items():
-        shared.setdefault((i, id(stats[(i, m)]), tuple(kept), m in reads), []).append(m)
-    for (i, _, kept, read), modules in shared.items():
+        shared.setdefault((i, id(stats[(i, m)]), tuple(kept)), []).append(m)  # one Gram matrix object: one input
+    for (i, _, kept), modules in shared.items():
         k, g = torch.tensor(kept), stats[(i, modules[0])]
         w = torch.cat([weights[(i, m)][1] for m in modules], 1)
-        x = solve(g[k][:, k], g[k] @ w, w[k], RESIDUAL_SHARE if read else 1.0)
+        x = solve(g[k][:, k], g[k] @ w, w[k], RESIDUAL_SHARE if modules[0] in reads else 1.0)
         for m, part in zip(modules, x.split([weights[(i, m)][1].shape[1] for m in modules], 1)):
             weights[(i, m)][1][k] = part
     for (i, m), (module, w_t) in weights.items():
