@@ -403,7 +403,12 @@ def on_heal(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neur
     with contextlib.closing(WS.heal(_sid(request), design, steps, inits, distill)) as events:
         for kind, init, payload in events:
             if kind == "tick":
-                pace = _pace(payload) if payload["steps"] else f"{_duration(payload['seconds'])}"
+                if payload["steps"]:
+                    pace = _pace(payload)
+                else:
+                    pace = _duration(payload["seconds"])
+                    if payload["doing"] and not any(histories.values()):  # what Build had not measured yet
+                        status = f"{payload['doing']}…"
                 yield gr.skip(), f"{status}  \n{pace}", gr.skip()
                 continue
             if kind == "eval":

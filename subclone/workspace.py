@@ -147,6 +147,10 @@ class Pace:
     done: int = 0
     first: float | None = None
     last: float | None = None
+    doing: str = ""  # what runs before the first step: the search, the fits, the children's first evaluation
+
+    def say(self, _fraction: float, message: str) -> None:
+        self.doing = message
 
     def step(self, *_) -> None:
         self.last = time.monotonic()
@@ -157,7 +161,8 @@ class Pace:
         eta = None
         if self.done >= 2:
             eta = round((self.last - self.first) / (self.done - 1) * (self.total - self.done))
-        return dict(seconds=round(time.monotonic() - self.started), steps=self.done, total=self.total, eta=eta)
+        return dict(seconds=round(time.monotonic() - self.started), steps=self.done, total=self.total, eta=eta,
+                    doing=self.doing)
 
 
 @dataclass
@@ -766,17 +771,19 @@ class Workspace:
                                 f"{need / 1024:.1f} GB (weights, gradients and AdamW state); this app allows "
                                 f"{self.limits.memory_mb / 1024:.1f} GB: choose fewer initializations or a smaller "
                                 "child")
-        d = self.design(design, s, compute=True)
         records, box, pace = queue.Queue(), {}, Pace(config.steps * len(inits))
-
-        turned = self.source(d) if d.plan.basis != "dims" else None  # the rotated parent Build cut from (cached)
-
-        def fitted(plan):  # the fits Build made (cached)
-            return self.fits(turned if plan.basis != "dims" else d.parent, d.text, plan)
 
         with s.job("training") as job:
             def work():
-                try:
+                try:  # what Build has not measured for this shape yet is measured here, in the job: Stop ends it
+                    step = _progress(job, pace.say)
+                    box["design"] = d = self.design(design, s, compute=True, progress=step)
+                    turned = self.source(d, step) if d.plan.basis != "dims" else None  # cut from by Build (cached)
+
+                    def fitted(plan):  # the fits Build made (cached)
+                        return self.fits(turned if plan.basis != "dims" else d.parent, d.text, plan, step)
+
+                    pace.say(0, "building the children and evaluating them before training")
                     box["runs"] = compare_inits(d.parent, d.importance, d.shape, inits, config, d.text,
                                                 on_eval=lambda i, r: records.put((i, r)), should_stop=job.stop.is_set,
                                                 on_step=pace.step,
@@ -807,6 +814,7 @@ class Workspace:
             raise box["error"]
         if s.ended:
             raise Cancelled("this session has ended")
+        d = box["design"]
         ref = self.reference(d.parent, d.text)
         s.healed = {init: (child, plan, result, evaluate(child, ref, speed=False), d)
                     for init, (child, plan, result) in box["runs"].items()}

@@ -27,6 +27,14 @@ def small(tiny_dir, **kw):
     return Design.of(LOCAL, str(tiny_dir), "builtin", 3, 24, 20, 4, 2, **kw)
 
 
+def _another_parent(path, tiny_dir, seed=0):
+    """A tiny Llama parent in its own folder, with the tiny parent's tokenizer: nothing measured on it yet."""
+    tiny_model("llama", seed=seed).save_pretrained(path)
+    for f in tiny_dir.glob("tokenizer*"):
+        (path / f.name).write_bytes(f.read_bytes())
+    return path
+
+
 def test_every_spelling_of_an_input_is_one_entry(ws, tiny_dir):
     texts = {id(ws.text(s)) for s in ("builtin", " builtin", "builtin ", "BUILTIN", "\tbuiltin\n")}
     parents = {id(ws.parent(s)) for s in (str(tiny_dir), f" {tiny_dir}", f"{tiny_dir}\n")}
@@ -35,10 +43,7 @@ def test_every_spelling_of_an_input_is_one_entry(ws, tiny_dir):
 
 
 def test_shared_parents_and_references_stay_under_the_memory_bound(tmp_path, tiny_dir):
-    other = tmp_path / "other"
-    tiny_model("llama", seed=1).save_pretrained(other)
-    for f in tiny_dir.glob("tokenizer*"):
-        (other / f.name).write_bytes(f.read_bytes())
+    other = _another_parent(tmp_path / "other", tiny_dir, seed=1)
     one_parent = sum(p.numel() * 4 for p in tiny_model("llama").parameters())
     ws = Workspace(dataclasses.replace(LOCAL, memory_mb=1.5 * one_parent / 2**20), tmp_path / "s")
     a = ws.parent(str(tiny_dir))
@@ -114,7 +119,7 @@ def test_ending_the_session_stops_its_training_from_another_thread(ws, tiny_dir)
 
 def test_stop_ends_a_run_and_keeps_what_it_trained(ws, tiny_dir):
     events = ws.heal("erin", small(tiny_dir), steps=10_000, inits=["subclone"])
-    next(events)
+    next(e for e in events if e[0] == "eval")  # training has begun (a stop before it ends the heal: test above)
     assert ws.stop("erin") == 1
     kind, best, healed = list(events)[-1]
     assert kind == "done" and healed[best][2]["stopped"] and healed[best][2]["steps"] < 10_000
@@ -459,6 +464,32 @@ def test_a_build_waiting_for_another_sessions_pass_says_so_and_stop_ends_the_wai
     build("lee")  # the pass over: the next build fits at once
     assert isinstance(outcome["lee"], float)
     assert "waiting for another session's pass over this parent's calibration text" in told
+
+
+def test_heal_on_a_shape_not_built_says_what_it_measures_first_and_stop_ends_that_too(ws, tiny_dir, tmp_path):
+    """Heal measures, in its job, what Build has not: its ticks say what, before the first step; Stop ends it."""
+    design = small(_another_parent(tmp_path / "fresh", tiny_dir))  # no other test measured it: no search, no fits
+    d = ws.design(design, compute=False, plan=False)
+    ws.reference(d.parent, d.text)
+    held, done = threading.Event(), threading.Event()
+
+    def other_pass():  # another session's pass over the same parent and text, for at most 30 s
+        with ws._measuring(d.parent, d.text):
+            held.set()
+            done.wait(timeout=30)
+
+    threading.Thread(target=other_pass).start()
+    assert held.wait(timeout=30)
+    events = ws.heal("max", design, steps=2, inits=["subclone"])
+    kind, _, pace = next(events)
+    assert kind == "tick" and pace["steps"] == 0 and pace["doing"].startswith("waiting for another session's")
+    assert ws.stop("max") == 1
+    with pytest.raises(Cancelled):
+        list(events)
+    done.set()
+    assert not _heal_threads() and not ws.session("max").jobs
+    told = {p["doing"] for kind, _, p in ws.heal("max", design, steps=2, inits=["subclone"]) if kind == "tick"}
+    assert all(told)  # every tick before the end says what runs (the tiny parent may not need one)
 
 
 def test_a_sweep_of_the_best_preset_checks_the_span_at_every_depth_it_cuts_to(ws, tiny_dir):
