@@ -51,6 +51,8 @@ def parser() -> argparse.ArgumentParser:
     top = _Parser(prog="python -m subclone", description="Make a smaller transformer by weight subcloning.")
     sub = top.add_subparsers(dest="command", required=True, parser_class=_Parser)
     data_help = "builtin (default), a .txt/.jsonl/.csv/.parquet file, or a datasets hub id"
+    out_help = ("a new or empty directory, or one subclone wrote before (its files are overwritten): the child is saved "
+                "there as a Hugging Face model with its tokenizer, subclone.json and a model card (README.md)")
     parent_help = (f"a bundled parent ({', '.join(BUILTIN)}; default {DEFAULT_PARENT}), a local Hugging Face model "
                    "directory (safetensors), or a hub id when online")
 
@@ -63,7 +65,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--parent", default=DEFAULT_PARENT, help=parent_help)
     c.add_argument("--data", default="builtin", help=data_help)
     _shape_flags(c)
-    c.add_argument("--out", required=True)
+    c.add_argument("--out", required=True, help=out_help)
 
     t = sub.add_parser("train", help="train a child (subcloned, uniform or random init) and save it; "
                                      "runs under torchrun / accelerate launch too")
@@ -81,7 +83,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-every", type=int, help="default: about ten evaluations per run")
     t.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"],
                    help="default: what accelerate launch says, else fp32 (fastest on CPUs)")
-    t.add_argument("--out", required=True)
+    t.add_argument("--out", required=True, help=out_help + " (the trained child)")
     t.add_argument("--json", action="store_true", help="print one JSON object (the default output too)")
 
     e = sub.add_parser("eval", help="evaluate a saved child against its parent")
