@@ -35,7 +35,7 @@ from . import hooks
 from .compensate import gram_matrix, measure, solve
 from .data import Tokens
 from .errors import SubcloneError
-from .evaluate import mean_loss
+from .evaluate import Target, mean_loss
 
 Progress = Callable[[float, str], None]
 Final = tuple[Callable[[str], object], Callable[[object, dict], None]]  # (plan for a block rule, take its fits)
@@ -87,17 +87,15 @@ class Stack:
         return out
 
     @torch.no_grad()
-    def logp(self, h: torch.Tensor) -> torch.Tensor:
-        """Next-token log-probabilities from the stream leaving the last block, at every LOSS_STRIDE-th position."""
-        logits = self.model.get_output_embeddings()(self.norm(h[:, ::LOSS_STRIDE]))
-        return logits.float().log_softmax(-1)
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Next-token logits (fp32) from the stream leaving the last block, at every LOSS_STRIDE-th position."""
+        return self.model.get_output_embeddings()(self.norm(h[:, ::LOSS_STRIDE])).float()
 
     @torch.no_grad()
-    def divergence(self, h: torch.Tensor, parent: tuple[torch.Tensor, torch.Tensor]) -> float:
+    def divergence(self, h: torch.Tensor, parent: Target) -> float:
         """KL(parent ‖ this stack): how far the removals moved the model's predictions, whatever the text. parent =
-        the parent's (log-probabilities, probabilities), computed once for every trial."""
-        logp, p = parent
-        return (p * (logp - self.logp(h))).sum(-1).mean().item()
+        the parent's next-token distributions, computed once for every trial."""
+        return parent.kl(self.logits(h)).mean().item()
 
 
 def _moves(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -115,8 +113,7 @@ def greedy_removals(parent, tokens: Tokens, keep: int, done: list[int] = (), wid
     if len(kept) <= keep:
         return order
     stack = Stack(parent, tokens.ids[:WINDOWS, :WINDOW_LEN])
-    logp = stack.logp(stack.stream(list(range(L)), stack.embedded)[-1])
-    target = (logp, logp.exp())
+    target = Target.of(stack.logits(stack.stream(list(range(L)), stack.embedded)[-1]))
     stream = stack.stream(kept, stack.embedded)
     total = len(kept) - keep
     while len(kept) > keep:

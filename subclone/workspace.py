@@ -207,7 +207,7 @@ def _nbytes(obj) -> int:
     if isinstance(obj, torch.nn.Module):
         return sum(p.numel() * p.element_size() for p in {id(p): p for p in obj.parameters()}.values())
     if isinstance(obj, Reference):
-        tensors = [*(obj.logp or []), *(obj.top1 or []), *([obj.pooled] if obj.pooled is not None else [])]
+        tensors = [*(t.p for t in obj.target or []), *(obj.top1 or []), *([obj.pooled] if obj.pooled is not None else [])]
         return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
     if isinstance(obj, dict):  # compensation fits or their statistics: {key: tensor}, a tensor may serve two keys
         tensors = {id(t): t for t in obj.values() if isinstance(t, torch.Tensor)}

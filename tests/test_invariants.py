@@ -7,7 +7,7 @@ from subclone.data import Tokens
 from subclone.importance import measure
 from subclone.plan import head_pairs, is_tied, valid_values
 
-from .conftest import ids, tiny_parent
+from .conftest import ids, tiny_model, tiny_parent
 
 
 def out(model, x):
@@ -126,3 +126,26 @@ def test_scaling_multiplies_by_sqrt_of_fan_in_ratio(setup):
     assert changed and len(changed) == p.layers  # exactly the FFN output projections, once per block
     k = sorted(changed)[0]
     assert torch.allclose(scaled[k], plain[k] * (p.ffn / (p.ffn // 2)) ** 0.5)
+
+
+def test_the_evaluation_is_perplexity_agreement_and_kl_computed_directly():
+    """compare_lm against the definitions in float64: exp of the mean NLL, the share of positions where child and
+    parent agree on the argmax, and Σ p (log p − log q) per position; it never forms the child's log-softmax."""
+    from subclone.evaluate import Target, compare_lm, reference
+
+    parent, child = tiny_parent("llama"), tiny_model("llama", seed=1)
+    tokens = Tokens(ids(6, 16, seed=3))  # two batches of four: the last one short
+    got = compare_lm(child, reference(parent.model, tokens, "causal-lm", speed=False))
+    with torch.no_grad():
+        lp, lq = (m(input_ids=tokens.ids).logits[:, :-1].double().log_softmax(-1) for m in (parent.model, child))
+    nll = -lq.gather(-1, tokens.ids[:, 1:, None]).mean()
+    assert got["perplexity"] == pytest.approx(nll.exp().item(), rel=1e-5)
+    assert got["top1_agreement"] == pytest.approx((lp.argmax(-1) == lq.argmax(-1)).double().mean().item(), abs=1e-4)
+    assert got["kl_to_parent"] == pytest.approx((lp.exp() * (lp - lq)).sum(-1).mean().item(), abs=2e-4)
+    assert got["kl_to_parent"] > 0.01 and got["eval_tokens"] == 6 * 15
+    # at a real vocabulary's size fp32 rounds Σ p away from 1 by ~1e-5, which a large logsumexp would amplify: logits
+    # shifted by a constant (the same distribution) must give the same KL
+    torch.manual_seed(0)
+    a, b = torch.randn(64, 49_152) * 4, torch.randn(64, 49_152) * 4 + 100
+    truth = (a.double().softmax(-1) * (a.double().log_softmax(-1) - b.double().log_softmax(-1))).sum(-1)
+    assert Target.of(a).kl(b).double().sub(truth).abs().max() < 3e-4
