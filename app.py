@@ -29,7 +29,7 @@ from subclone.rotate import BASES
 from subclone.plan import (BLOCK_RULE_HELP, DEFAULT_SCALE, NEURON_RULES, PRESETS, SCALE_GROUPS, SCORES,
                            can_merge)
 from subclone.train import INITS, verdict
-from subclone.workspace import Design, Workspace
+from subclone.workspace import Cancelled, Design, Workspace
 
 transformers.utils.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
@@ -389,6 +389,24 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
+HEAL_COLUMNS = ["initialization", "steps", "held-out perplexity ↓", "× parent ↓", "top-1 agreement with parent ↑",
+                "learning rate", "training seconds"]
+
+
+def _healed(histories: dict, total, best: str, healed: dict) -> tuple:
+    """Heal's outputs once every run has ended: the curves, the verdict, and each trained child on held-out text."""
+    # the verdict quotes the table's numbers: each trained child evaluated on the whole held-out split
+    results = {i: dict(steps=result["steps"], stopped=result["stopped"], eval_loss=math.log(r["perplexity"]),
+                       eval_perplexity=r["perplexity"]) for i, (_, _, result, r, _) in healed.items()}
+    rows = [(i, result["steps"], f"{r['perplexity']:,.1f}", f"{r['perplexity'] / r['parent_perplexity']:,.2f}",
+             f"{r['top1_agreement']:.1%}", f"{result['lr']:g}", f"{result['seconds']:,.0f}")
+            for i, (_, _, result, r, _) in healed.items()]
+    done = "Stopped early" if any(r["stopped"] for r in results.values()) else "Done"
+    return (plots.curves(histories, total),
+            f"{done}: {verdict(results)}. *Generate with both* in Evaluate now uses **{best}**.",
+            pd.DataFrame(rows, columns=HEAL_COLUMNS))
+
+
 @adapter
 def on_heal(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neuron_rule, scale, score, compensate,
             basis, steps, inits, distill, request: gr.Request):
@@ -400,36 +418,27 @@ def on_heal(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neur
     total = int(steps) if isinstance(steps, (int, float)) and steps == steps and 0 < steps < 10**9 else None
     yield plots.curves(histories, total), "building the children and evaluating them before training…", gr.skip()
     status, pace = "building the children and evaluating them before training…", ""
-    with contextlib.closing(WS.heal(_sid(request), design, steps, inits, distill)) as events:
-        for kind, init, payload in events:
-            if kind == "tick":
-                if payload["steps"]:
-                    pace = _pace(payload)
-                else:
-                    pace = _duration(payload["seconds"])
-                    if payload["doing"] and not any(histories.values()):  # what Build had not measured yet
-                        status = f"{payload['doing']}…"
-                yield gr.skip(), f"{status}  \n{pace}", gr.skip()
-                continue
-            if kind == "eval":
-                histories[init].append(payload)
-                status = f"held-out loss of **{init}** at step {payload['step']}: {payload['eval_loss']:.3f}"
-                yield plots.curves(histories, total), f"{status}  \n{pace}", gr.skip()
-                continue
-            healed = payload
-            # the verdict quotes the table's numbers: each trained child evaluated on the whole held-out split
-            results = {i: dict(steps=result["steps"], stopped=result["stopped"], eval_loss=math.log(r["perplexity"]),
-                               eval_perplexity=r["perplexity"]) for i, (_, _, result, r, _) in healed.items()}
-            rows = [{"initialization": i, "steps": result["steps"],
-                     "held-out perplexity ↓": f"{r['perplexity']:,.1f}",
-                     "× parent ↓": f"{r['perplexity'] / r['parent_perplexity']:,.2f}",
-                     "top-1 agreement with parent ↑": f"{r['top1_agreement']:.1%}",
-                     "learning rate": f"{result['lr']:g}", "training seconds": f"{result['seconds']:,.0f}"}
-                    for i, (_, _, result, r, _) in healed.items()]
-            done = "Stopped early" if any(r["stopped"] for r in results.values()) else "Done"
-            yield (plots.curves(histories, total),
-                   f"{done}: {verdict(results)}. *Generate with both* in Evaluate now uses **{init}**.",
-                   pd.DataFrame(rows))
+    try:
+        with contextlib.closing(WS.heal(_sid(request), design, steps, inits, distill)) as events:
+            for kind, init, payload in events:
+                if kind == "tick":
+                    if payload["steps"]:
+                        pace = _pace(payload)
+                    else:
+                        pace = _duration(payload["seconds"])
+                        if payload["doing"] and not any(histories.values()):  # what Build had not measured yet
+                            status = f"{payload['doing']}…"
+                    yield gr.skip(), f"{status}  \n{pace}", gr.skip()
+                    continue
+                if kind == "eval":
+                    histories[init].append(payload)
+                    status = f"held-out loss of **{init}** at step {payload['step']}: {payload['eval_loss']:.3f}"
+                    yield plots.curves(histories, total), f"{status}  \n{pace}", gr.skip()
+                    continue
+                yield _healed(histories, total, init, payload)
+    except Cancelled:  # Stop before the first step (after it, a stop keeps what was trained)
+        yield (plots.curves(histories, total), "Stopped before training began: nothing was trained. Start again "
+               "to measure and train this child.", gr.skip())
 
 
 # ---- lessons ------------------------------------------------------------------------------------
@@ -626,7 +635,7 @@ with gr.Blocks(title="subclone") as demo:
                 stop_btn = gr.Button("Stop", variant="stop")
             heal_status = gr.Markdown()
             fig_curves = _figure("loss curves", "curves")
-            heal_table = gr.Dataframe(label="trained children on held-out text", interactive=False)
+            heal_table = gr.Dataframe(headers=HEAL_COLUMNS, label="trained children on held-out text", interactive=False)
             with gr.Row():
                 healed_init = gr.Dropdown(list(INITS), value="subclone", label="export the child trained from")
                 healed_btn = gr.Button("Export trained child")

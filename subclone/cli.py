@@ -51,8 +51,8 @@ def parser() -> argparse.ArgumentParser:
     top = _Parser(prog="python -m subclone", description="Make a smaller transformer by weight subcloning.")
     sub = top.add_subparsers(dest="command", required=True, parser_class=_Parser)
     data_help = "builtin (default), a .txt/.jsonl/.csv/.parquet file, or a datasets hub id"
-    out_help = ("a new or empty directory, or one subclone wrote before (its files are overwritten): the child is saved "
-                "there as a Hugging Face model with its tokenizer, subclone.json and a model card (README.md)")
+    out_help = ("a new or empty directory, or one subclone wrote before (its files are overwritten): the child is "
+                "saved there as a Hugging Face model with its tokenizer, subclone.json and a model card (README.md)")
     parent_help = (f"a bundled parent ({', '.join(BUILTIN)}; default {DEFAULT_PARENT}), a local Hugging Face model "
                    "directory (safetensors), or a hub id when online")
 
