@@ -112,6 +112,8 @@ def greedy_removals(parent, tokens: Tokens, keep: int, done: list[int] = (), wid
     kept = [i for i in range(L) if i not in order]
     if len(kept) <= keep:
         return order
+    if progress:
+        progress(0.0, "searching: the parent's stream and predictions on the calibration windows")
     stack = Stack(parent, tokens.ids[:WINDOWS, :WINDOW_LEN])
     target = Target.of(stack.logits(stack.stream(list(range(L)), stack.embedded)[-1]))
     stream = stack.stream(kept, stack.embedded)
