@@ -29,7 +29,7 @@ from subclone.rotate import BASES
 from subclone.plan import (BLOCK_RULE_HELP, DEFAULT_SCALE, NEURON_RULES, PRESETS, SCALE_GROUPS, SCORES,
                            can_merge)
 from subclone.train import INITS, verdict
-from subclone.workspace import Cancelled, Design, Workspace
+from subclone.workspace import Design, Workspace
 
 transformers.utils.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
@@ -416,29 +416,26 @@ def on_heal(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neur
                      score, compensate, basis)
     histories = {i: [] for i in inits or []}
     total = int(steps) if isinstance(steps, (int, float)) and steps == steps and 0 < steps < 10**9 else None
-    yield plots.curves(histories, total), "building the children and evaluating them before training…", gr.skip()
     status, pace = "building the children and evaluating them before training…", ""
-    try:
-        with contextlib.closing(WS.heal(_sid(request), design, steps, inits, distill)) as events:
-            for kind, init, payload in events:
-                if kind == "tick":
-                    if payload["steps"]:
-                        pace = _pace(payload)
-                    else:
-                        pace = _duration(payload["seconds"])
-                        if payload["doing"] and not any(histories.values()):  # what Build had not measured yet
-                            status = f"{payload['doing']}…"
-                    yield gr.skip(), f"{status}  \n{pace}", gr.skip()
-                    continue
-                if kind == "eval":
-                    histories[init].append(payload)
-                    status = f"held-out loss of **{init}** at step {payload['step']}: {payload['eval_loss']:.3f}"
-                    yield plots.curves(histories, total), f"{status}  \n{pace}", gr.skip()
-                    continue
+    yield plots.curves(histories, total), status, gr.skip()
+    with contextlib.closing(WS.heal(_sid(request), design, steps, inits, distill)) as events:
+        for kind, init, payload in events:
+            if kind == "tick":
+                if payload["steps"]:
+                    pace = _pace(payload)
+                else:
+                    pace = _duration(payload["seconds"])
+                    if payload["doing"] and not any(histories.values()):  # what Build had not measured yet
+                        status = f"{payload['doing']}…"
+                yield gr.skip(), f"{status}  \n{pace}", gr.skip()
+            elif kind == "eval":
+                histories[init].append(payload)
+                status = f"held-out loss of **{init}** at step {payload['step']}: {payload['eval_loss']:.3f}"
+                yield plots.curves(histories, total), f"{status}  \n{pace}", gr.skip()
+            elif kind == "stopped":
+                yield gr.skip(), "Stopped before training began: nothing was trained.", gr.skip()
+            else:
                 yield _healed(histories, total, init, payload)
-    except Cancelled:  # Stop before the first step (after it, a stop keeps what was trained)
-        yield (plots.curves(histories, total), "Stopped before training began: nothing was trained. Start again "
-               "to measure and train this child.", gr.skip())
 
 
 # ---- lessons ------------------------------------------------------------------------------------

@@ -207,7 +207,8 @@ def _nbytes(obj) -> int:
     if isinstance(obj, torch.nn.Module):
         return sum(p.numel() * p.element_size() for p in {id(p): p for p in obj.parameters()}.values())
     if isinstance(obj, Reference):
-        tensors = [*(t.p for t in obj.target or []), *(obj.top1 or []), *([obj.pooled] if obj.pooled is not None else [])]
+        tensors = [*(t.p for t in obj.target or []), *(obj.top1 or []),
+                   *([obj.pooled] if obj.pooled is not None else [])]
         return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
     if isinstance(obj, dict):  # compensation fits or their statistics: {key: tensor}, a tensor may serve two keys
         tensors = {id(t): t for t in obj.values() if isinstance(t, torch.Tensor)}
@@ -757,8 +758,9 @@ class Workspace:
     def heal(self, session_id: str | None, design: Design, steps, inits, distill=0.0) -> Iterator[tuple]:
         """Train the designed child from each init on equal terms, one step of each in turn. Yields ("eval", init,
         record) as held-out losses arrive, ("tick", None, Pace.view()) every second in between, then ("done", best
-        init, children). Ends, and stops its training thread, on every way out: finished, stopped, the session
-        ended, the consumer closed the generator, or an error."""
+        init, children), or ("stopped", None, None) when Stop came before the first step (nothing was trained). Ends,
+        and stops its training thread, on every way out: finished, stopped, the session ended, the consumer closed
+        the generator, or an error."""
         s = self.session(session_id)
         inits = [inits] if isinstance(inits, str) else list(inits or [])
         if not inits or any(i not in INITS for i in inits):
@@ -810,10 +812,13 @@ class Workspace:
             finally:
                 job.stop.set()  # every way out ends the training: a closed generator lands here too
                 worker.join(timeout=600)
-        if "error" in box:
-            raise box["error"]
         if s.ended:
             raise Cancelled("this session has ended")
+        if isinstance(box.get("error"), Cancelled):  # Stop while the child was still being measured or built
+            yield ("stopped", None, None)
+            return
+        if "error" in box:
+            raise box["error"]
         d = box["design"]
         ref = self.reference(d.parent, d.text)
         s.healed = {init: (child, plan, result, evaluate(child, ref, speed=False), d)
