@@ -144,18 +144,24 @@ class Pace:
 
     total: int
     started: float = field(default_factory=time.monotonic)
-    done: int = 0
     first: float | None = None
     last: float | None = None
     doing: str = ""  # what runs before the first step: the search, the fits, the children's first evaluation
+    counted: set = field(default_factory=set)  # (init, step) of every step done
+
+    @property
+    def done(self) -> int:
+        return len(self.counted)
 
     def say(self, _fraction: float, message: str) -> None:
         self.doing = message
 
-    def step(self, *_) -> None:
-        self.last = time.monotonic()
-        self.first = self.first or self.last
-        self.done += 1
+    def step(self, init: str, n: int) -> None:
+        """Step n of init is done: counted once, whether its evaluation or its end reports it first."""
+        if n and (init, n) not in self.counted:
+            self.last = time.monotonic()
+            self.first = self.first or self.last
+            self.counted.add((init, n))
 
     def view(self) -> dict:
         eta = None
@@ -787,7 +793,8 @@ class Workspace:
 
                     pace.say(0, "building the children and evaluating them before training")
                     box["runs"] = compare_inits(d.parent, d.importance, d.shape, inits, config, d.text,
-                                                on_eval=lambda i, r: records.put((i, r)), should_stop=job.stop.is_set,
+                                                on_eval=lambda i, r: (pace.step(i, r["step"]), records.put((i, r))),
+                                                should_stop=job.stop.is_set,
                                                 on_step=pace.step,
                                                 block_rule=d.plan.block_rule, neuron_rule=d.plan.neuron_rule,
                                                 scale=d.plan.scale, score=d.plan.score, compensate=d.plan.compensate,

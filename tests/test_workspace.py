@@ -331,6 +331,18 @@ def test_heal_stopped_early_keeps_a_curve_for_every_initialization(ws, tiny_dir)
     assert re.search(rf"after {steps['random']} steps? each, \*\*{best}\*\*", said), said
 
 
+def test_the_pace_counts_a_step_once_whichever_of_its_evaluation_or_its_end_reports_it_first():
+    from subclone.workspace import Pace
+
+    pace = Pace(total=4)
+    pace.step("subclone", 0)  # the evaluation before training is not a step
+    assert pace.view()["steps"] == 0
+    pace.step("subclone", 1)  # its evaluation at step 1 (Heal shows "loss at step 1")...
+    pace.step("subclone", 1)  # ...then the end of the step
+    pace.step("random", 1)
+    assert pace.view()["steps"] == 2 and pace.view()["eta"] is not None
+
+
 def test_the_verdict_is_given_only_for_comparable_runs():
     from subclone.train import verdict
 
