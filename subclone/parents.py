@@ -12,9 +12,9 @@ import os
 import shutil
 import threading
 import warnings
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 
 import torch
@@ -110,8 +110,29 @@ def _package_dir(package: str) -> Path | None:
     return Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None
 
 
+@contextmanager
+def _gguf_read_once():
+    """transformers reads a GGUF file's metadata three times (for the tokenizer, the config and the weights: 49,152
+    tokens and their merges, 440,000 fields) and builds gguf's tensor-name map again for each of the model's 397
+    modules: 30 of a first SmolLM2 load's 47 s here. Meanwhile each is built once per file and architecture. The
+    callers hold _CONVERTING, so no other thread swaps these names at the same time."""
+    import gguf
+
+    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    gguf.GGUFReader, gguf.get_tensor_name_map = cache(reader), cache(name_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_map
+
+
 def _convert_gguf(package_dir: Path, gguf_file: str, out: Path) -> None:
     """Dequantize the bundled GGUF to fp32 once and save it as a plain safetensors directory."""
+    with _gguf_read_once():
+        _write_converted(package_dir, gguf_file, out)
+
+
+def _write_converted(package_dir: Path, gguf_file: str, out: Path) -> None:
     tok = AutoTokenizer.from_pretrained(package_dir, gguf_file=gguf_file)
     with CONSTRUCTING:
         loaded = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=gguf_file, dtype=torch.float32)

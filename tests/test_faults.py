@@ -91,3 +91,20 @@ def test_a_damaged_converted_parent_is_detected(tmp_path):
         assert not _cached_conversion_ok(folder)
     assert not folder.exists()  # removed, so the next load converts it again
     assert not _cached_conversion_ok(Path(tmp_path / "never-written"))
+
+
+def test_a_conversion_reads_the_gguf_once_and_leaves_gguf_as_it_was():
+    import gguf
+
+    from subclone.parents import _gguf_read_once
+
+    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    arch = gguf.MODEL_ARCH.LLAMA
+    with _gguf_read_once():
+        assert gguf.get_tensor_name_map(arch, 30) is gguf.get_tensor_name_map(arch, 30)  # built once
+        assert gguf.GGUFReader is not reader
+    with pytest.raises(RuntimeError):
+        with _gguf_read_once():
+            raise RuntimeError("a conversion that fails")
+    assert gguf.GGUFReader is reader and gguf.get_tensor_name_map is name_map
+    assert name_map(arch, 30) is not name_map(arch, 30)  # outside a conversion, as gguf makes them
