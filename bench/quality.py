@@ -140,7 +140,7 @@ def methods(parent, ctx, name, sizes):
 
 
 def recover(model, ctx, steps):
-    config = TrainConfig(steps=steps, lr=1e-4, batch_size=4, seq_len=128, eval_every=steps, eval_batches=1, seed=0)
+    config = TrainConfig(steps=steps, lr=1e-4, batch_size=ctx["batch"], seq_len=128, eval_every=steps, eval_batches=1, seed=0)
     model, _ = train(model, ctx["train"], ctx["train_eval"], config)
     return model.eval()
 
@@ -148,7 +148,7 @@ def recover(model, ctx, steps):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--smoke", action="store_true", help="one shape, two methods, 1 step, 2 windows: seconds")
+    ap.add_argument("--smoke", action="store_true", help="one shape, two methods, 1 step of 1 × 128 tokens, 2 windows: seconds")
     ap.add_argument("--shapes", default=",".join(SHAPES))
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -162,7 +162,7 @@ def main():
     t = time.perf_counter()
     imp = measure(parent, parent.tokenize(text.calibration, 256, n, "calibration"))
     ctx = dict(cal=cal, imp=imp, importance_seconds=time.perf_counter() - t, span_seconds={},
-               train=parent.tokenize(text.calibration, 128, 10**9, "training"),
+               train=parent.tokenize(text.calibration, 128, 10**9, "training"), batch=1 if args.smoke else 4,
                train_eval=parent.tokenize(text.held_out, 128, 4, "held-out"))
     shapes = SMOKE if args.smoke else {s.strip(): SHAPES[s.strip()] for s in args.shapes.split(",")}
     targets = [resolve_shape(parent.family, parent.shape, **sizes) for sizes in shapes.values()]

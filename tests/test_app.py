@@ -59,7 +59,8 @@ def test_bundled_parent_end_to_end(client, tmp_path):
     shape = dict(layers=20, hidden=430, ffn=1024, heads=9, kv_heads=3, block_rule="magnitude")
     readout, strip = client.predict(**parent, **shape, api_name="/preview")
     assert "hidden 430 → 432" in readout and "20 of 30 blocks kept" in strip
-    shape.update(hidden=432, neuron_rule="importance", scale=SCALE)
+    # the paper's rules: this test is the wiring; the default's search and fits are the browser test's, on this app
+    shape.update(hidden=432, neuron_rule="importance", scale=SCALE, score="activation", compensate="none", basis="dims")
     _, table, _ = client.predict(**parent, **shape, api_name="/build")
     rows = measures(table)
     ppl = rows["held-out perplexity ↓"]
