@@ -292,6 +292,13 @@ def on_build(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neu
     return build_verdict_text(r), results_table(r), history_frame(WS.session(_sid(request)).history)
 
 
+def shown():
+    """Makes a table visible once it has been filled: the history, sweep and lesson tables start hidden, since an empty
+    table shows Gradio's placeholder headers 1, 2, 3. Chained after the callback (.then), so the API's outputs stay
+    plain tables."""
+    return gr.Dataframe(visible=True)
+
+
 def history_frame(history: list[dict]) -> pd.DataFrame:
     """Every child of the session, newest first, with readable numbers."""
     frame = pd.DataFrame(history[::-1])
@@ -603,7 +610,7 @@ with gr.Blocks(title="subclone") as demo:
             with gr.Row():
                 parent_out = gr.Markdown(label="parent")
                 child_out = gr.Markdown(label="child")
-            history_table = gr.Dataframe(label="every child built in this session", interactive=False)
+            history_table = gr.Dataframe(label="every child built in this session", interactive=False, visible=False)
         with gr.Tab("5 · Tradeoffs", id="tradeoffs") as tab_tradeoffs:
             with gr.Row():
                 depths = gr.Textbox("30, 24, 18, 12", label="depths (layers)")
@@ -614,7 +621,7 @@ with gr.Blocks(title="subclone") as demo:
                     sweep_stop = gr.Button("Stop", variant="stop", size="sm")
             sweep_note = gr.Markdown()
             fig_pareto = _figure("tradeoff", "pareto")
-            sweep_table = gr.Dataframe(label="sweep", interactive=False)
+            sweep_table = gr.Dataframe(label="sweep", interactive=False, visible=False)
             sweep_csv = gr.File(label="CSV")
         with gr.Tab("6 · Heal", id="heal") as tab_heal:
             gr.Markdown("Train the child designed in **Design** for a few steps from each initialization on equal "
@@ -658,7 +665,7 @@ with gr.Blocks(title="subclone") as demo:
             lesson_head = gr.Markdown()
             lesson_fig = gr.Plot(label="lesson", show_label=False)
             lesson_text = gr.Markdown(elem_id="lesson-conclusion")
-            lesson_table = gr.Dataframe(label="measured", interactive=False)
+            lesson_table = gr.Dataframe(label="measured", interactive=False, visible=False)
             lesson_key = gr.State("")
             rerun_btn = gr.Button("Rerun live", size="sm", interactive=False)
             gr.Markdown(LEARN)
@@ -701,6 +708,7 @@ with gr.Blocks(title="subclone") as demo:
     demo.load(on_preview, preview_in, [readout, strip], api_name=False, **RAW)
     drop_btn.click(on_drop_one, design_in, fig_blocks, api_name="drop_one", **RAW)
     build_btn.click(on_build, design_in, [build_verdict, results, history_table], api_name="build", **RAW).then(
+        shown, None, history_table, api_name=False, show_progress="hidden").then(
         on_preview, preview_in, [readout, strip], api_name=False, show_progress="hidden", **RAW).then(
         on_design, figures_in, anatomy, api_name=False, show_progress="hidden", **RAW).then(  # the search's blocks
         on_snap, [parent, data, *sliders], sliders, api_name=False, show_progress="hidden", **RAW)  # sizes as built
@@ -708,7 +716,7 @@ with gr.Blocks(title="subclone") as demo:
     sweep_btn.click(on_sweep, [parent, data, depths, widths, heads, kv_heads, block_rule, neuron_rule, scale, score,
                                compensate, basis],
                     [fig_pareto, sweep_table, sweep_csv, sweep_note], api_name="sweep", show_progress_on=[fig_pareto],
-                    **RAW)
+                    **RAW).then(shown, None, sweep_table, api_name=False, show_progress="hidden")
     sweep_stop.click(on_stop, None, sweep_note, api_name=False)
     gr.on([depths.change, widths.change, tab_tradeoffs.select, compensate.change], on_sweep_estimate,
           [parent, data, depths, widths, heads, kv_heads, block_rule, compensate], sweep_btn, api_name=False,
@@ -719,7 +727,8 @@ with gr.Blocks(title="subclone") as demo:
     lesson_out = [lesson_head, lesson_fig, lesson_text, lesson_table, lesson_key, *sliders, block_rule, neuron_rule,
                   scale, score, compensate, basis, rerun_btn]
     for key, btn in lesson_btns.items():
-        btn.click(lesson_button(key), [parent, data], lesson_out, api_name=f"lesson_{key}", **RAW)
+        btn.click(lesson_button(key), [parent, data], lesson_out, api_name=f"lesson_{key}", **RAW).then(
+            shown, None, lesson_table, api_name=False, show_progress="hidden")
     rerun_btn.click(on_lesson_live, [lesson_key, parent, data], lesson_out, api_name="lesson_live", **RAW)
     demo.unload(on_leave)
     healed_btn.click(on_export_healed, [parent, data, healed_init], [healed_file, healed_status],
