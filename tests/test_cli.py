@@ -92,7 +92,7 @@ def test_bundled_smollm2_child_within_8x_parent_perplexity(tmp_path):
         "--kv-heads", "3", "--out", str(out), process=True)  # as a user runs it
     child = AutoModelForCausalLM.from_pretrained(out)
     assert child.config.num_hidden_layers == 24 and child.config.hidden_size == 504
-    result = cli("eval", "--model", str(out), "--json")
+    result = cli("eval", "--model", str(out), "--json", "--no-speed")  # timed in the tiny clone above
     print(result)
     assert result["perplexity"] <= 8 * result["parent_perplexity"]
     assert result["params"] < 0.7 * result["parent_params"]
