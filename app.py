@@ -293,9 +293,9 @@ def on_build(parent, data, layers, hidden, ffn, heads, kv_heads, block_rule, neu
 
 
 def shown():
-    """Makes a table visible once it has been filled: the history, sweep and lesson tables start hidden, since an empty
-    table shows Gradio's placeholder headers 1, 2, 3. Chained after the callback (.then), so the API's outputs stay
-    plain tables."""
+    """Makes a table visible once it has rows: the history, sweep and lesson tables start hidden, since an empty table
+    shows Gradio's placeholder headers 1, 2, 3. Called on the table's change (a sweep's table as its first row comes),
+    so the callbacks and the API return plain tables."""
     return gr.Dataframe(visible=True)
 
 
@@ -339,7 +339,7 @@ def on_sweep(parent, data, depths, widths, heads, kv_heads, block_rule, neuron_r
                                                  progress=_gradio_progress(progress)):
         figure = plots.pareto_chart(frame) if len(frame) else gr.skip()
         note = f"{done} of {total} children" + ("" if csv is None else " — stopped" if done < total else " — done")
-        yield figure, _sweep_table(frame), str(csv) if csv else gr.skip(), note
+        yield figure, _sweep_table(frame) if len(frame) else gr.skip(), str(csv) if csv else gr.skip(), note
 
 
 def _sweep_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -708,7 +708,6 @@ with gr.Blocks(title="subclone") as demo:
     demo.load(on_preview, preview_in, [readout, strip], api_name=False, **RAW)
     drop_btn.click(on_drop_one, design_in, fig_blocks, api_name="drop_one", **RAW)
     build_btn.click(on_build, design_in, [build_verdict, results, history_table], api_name="build", **RAW).then(
-        shown, None, history_table, api_name=False, show_progress="hidden").then(
         on_preview, preview_in, [readout, strip], api_name=False, show_progress="hidden", **RAW).then(
         on_design, figures_in, anatomy, api_name=False, show_progress="hidden", **RAW).then(  # the search's blocks
         on_snap, [parent, data, *sliders], sliders, api_name=False, show_progress="hidden", **RAW)  # sizes as built
@@ -716,7 +715,7 @@ with gr.Blocks(title="subclone") as demo:
     sweep_btn.click(on_sweep, [parent, data, depths, widths, heads, kv_heads, block_rule, neuron_rule, scale, score,
                                compensate, basis],
                     [fig_pareto, sweep_table, sweep_csv, sweep_note], api_name="sweep", show_progress_on=[fig_pareto],
-                    **RAW).then(shown, None, sweep_table, api_name=False, show_progress="hidden")
+                    **RAW)
     sweep_stop.click(on_stop, None, sweep_note, api_name=False)
     gr.on([depths.change, widths.change, tab_tradeoffs.select, compensate.change], on_sweep_estimate,
           [parent, data, depths, widths, heads, kv_heads, block_rule, compensate], sweep_btn, api_name=False,
@@ -727,8 +726,9 @@ with gr.Blocks(title="subclone") as demo:
     lesson_out = [lesson_head, lesson_fig, lesson_text, lesson_table, lesson_key, *sliders, block_rule, neuron_rule,
                   scale, score, compensate, basis, rerun_btn]
     for key, btn in lesson_btns.items():
-        btn.click(lesson_button(key), [parent, data], lesson_out, api_name=f"lesson_{key}", **RAW).then(
-            shown, None, lesson_table, api_name=False, show_progress="hidden")
+        btn.click(lesson_button(key), [parent, data], lesson_out, api_name=f"lesson_{key}", **RAW)
+    for table in (history_table, sweep_table, lesson_table):
+        table.change(shown, None, table, api_name=False, show_progress="hidden")
     rerun_btn.click(on_lesson_live, [lesson_key, parent, data], lesson_out, api_name="lesson_live", **RAW)
     demo.unload(on_leave)
     healed_btn.click(on_export_healed, [parent, data, healed_init], [healed_file, healed_status],

@@ -114,8 +114,8 @@ def _package_dir(package: str) -> Path | None:
 def _gguf_read_once():
     """transformers reads a GGUF file's metadata three times (for the tokenizer, the config and the weights: 49,152
     tokens and their merges, 440,000 fields) and builds gguf's tensor-name map again for each of the model's 397
-    modules: 30 of a first SmolLM2 load's 47 s here. Meanwhile each is built once per file and architecture. The
-    callers hold _CONVERTING, so no other thread swaps these names at the same time."""
+    modules. Meanwhile each is built once per file and architecture: SmolLM2's conversion 28.8 → 12.1 s here, the
+    same bytes written. The callers hold _CONVERTING, so no other thread swaps these names at the same time."""
     import gguf
 
     reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map

@@ -147,21 +147,21 @@ class Pace:
     first: float | None = None
     last: float | None = None
     doing: str = ""  # what runs before the first step: the search, the fits, the children's first evaluation
-    counted: set = field(default_factory=set)  # (init, step) of every step done
+    reached: dict = field(default_factory=dict)  # init -> the last step it has done
 
     @property
     def done(self) -> int:
-        return len(self.counted)
+        return sum(self.reached.values())
 
     def say(self, _fraction: float, message: str) -> None:
         self.doing = message
 
     def step(self, init: str, n: int) -> None:
         """Step n of init is done: counted once, whether its evaluation or its end reports it first."""
-        if n and (init, n) not in self.counted:
+        if n > self.reached.get(init, 0):
             self.last = time.monotonic()
             self.first = self.first or self.last
-            self.counted.add((init, n))
+            self.reached[init] = n
 
     def view(self) -> dict:
         eta = None
