@@ -21,8 +21,7 @@ import transformers
 from gradio.utils import get_upload_folder
 
 from subclone import SubcloneError, lessons, plots
-from subclone.limits import return_large_allocations
-from subclone.limits import Limits
+from subclone.limits import Limits, bound_allocator
 from subclone.parents import BUILTIN, DEFAULT_PARENT
 from subclone.compensate import COMPENSATE
 from subclone.rotate import BASES
@@ -39,7 +38,7 @@ ROOT = Path(__file__).resolve().parent
 LEARN = (ROOT / "docs" / "learn.md").read_text()
 # Every session's files live inside Gradio's own cache folder, so Gradio serves them without keeping a copy,
 # and they are deleted with the session.
-return_large_allocations()  # before any model is loaded
+bound_allocator()  # before any model is loaded
 WS = Workspace(Limits.space(), Path(get_upload_folder()) / f"subclone-{os.getpid()}")
 SLIDERS = ("layers", "hidden", "ffn", "heads", "kv heads")
 

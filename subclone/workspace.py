@@ -31,7 +31,7 @@ from .data import TEXT_SUFFIXES, Text, load, read_file
 from .errors import SubcloneError, shown
 from .evaluate import Reference, evaluate, generate, held_out, paired_speed, reference, similarities
 from .importance import Importance, analyze, drop_one
-from .limits import Limits, float_arg, int_arg, text_arg
+from .limits import Limits, float_arg, int_arg, release_memory, text_arg
 from .parents import BUILTIN, DEFAULT_PARENT, Parent, load_parent
 from .compensate import COMPENSATE, fit, measure, windows
 from .rotate import BASES, rotated
@@ -194,6 +194,7 @@ class Session:
             yield job
         finally:
             self.jobs.discard(job)
+            release_memory()  # what the job freed, back to the system (see limits.bound_allocator)
 
     def stop_jobs(self) -> int:
         jobs = list(self.jobs)

@@ -525,3 +525,25 @@ def test_heal_refuses_what_would_not_fit_in_memory_before_allocating(ws, tiny_di
     with pytest.raises(SubcloneError, match="3 initialization.* side by side needs about .* choose fewer"):
         next(tight.heal("hal", design, steps=2, inits=["subclone", "uniform", "random"]))
     assert not tight.session("hal").jobs
+
+
+def test_what_a_job_frees_goes_back_to_the_system():
+    import gc
+
+    import psutil
+
+    from subclone.limits import bound_allocator
+
+    if not bound_allocator():  # as the app sets it (the process keeps it: allocations above 32 MB mapped)
+        pytest.skip("not glibc")
+    s = Workspace().session("s")
+    rss = lambda: psutil.Process().memory_info().rss  # noqa: E731
+    with s.job("a job"):
+        blocks = [torch.ones(2**18) for _ in range(400)]  # 400 MB in 1 MB blocks, from the heap
+        pin = torch.ones(16)  # allocated after them: the heap's top stays in use, nothing is trimmed from it
+        held = rss()
+        del blocks
+        gc.collect()
+        assert rss() > held - 100 * 2**20  # freed, and still held by the allocator
+    assert rss() < held - 300 * 2**20  # the job's end gave it back
+    del pin
