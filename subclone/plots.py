@@ -170,6 +170,7 @@ def pareto_chart(frame, x: str = "params") -> go.Figure:
     fig.update_layout(legend=dict(x=0.99, xanchor="right", y=0.99))
     if quality == "perplexity":
         fig.update_yaxes(type="log")
+    fig.update_xaxes(tickformat=".3~s")  # 135M, not 134.515007M when the sweep has one shape
     return _layout(fig, "Size against quality, no training", x, quality + (" (log)" if quality == "perplexity" else ""),
                    height=420)
 
