@@ -15,12 +15,15 @@ def test_quality_bench_smoke():
     out = subprocess.run([sys.executable, "bench/quality.py", "--smoke"], cwd=ROOT, capture_output=True, text=True,
                          timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
-    rows = [line for line in out.stdout.splitlines() if line.startswith("| subclone")]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| subclone") and " M | " in line]
     assert [r.split("|")[1].strip() for r in rows] == ["subclone default (best)", "subclone paper"]
-    for row in rows:  # params, zero-shot and healed perplexity are real numbers
-        cells = [c.strip().strip("*") for c in row.split("|")[2:5]]
+    for row in rows:  # params, zero-shot, healed and other domains' perplexity are real numbers
+        cells = [c.strip().strip("*") for c in row.split("|")[2:6]]
         assert cells[0].endswith(" M") and all(float(c.replace(",", "")) > 1 for c in cells[1:])
-    assert "default / paper: zero-shot" in out.stdout
+    assert "default / paper: zero-shot" in out.stdout and "on the other domains" in out.stdout
+    each = out.stdout[out.stdout.index("Each of the other domains"):].splitlines()
+    assert [r.split("|")[1].strip() for r in each if r.startswith("| subclone")] == [
+        "subclone default (best)", "subclone paper"]
 
 
 def test_results_are_assembled_from_every_section(tmp_path, monkeypatch):
