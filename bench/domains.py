@@ -5,6 +5,8 @@ also measured on text of five other domains that ship with this machine: Debian'
 READMEs and NEWS files, Perl's documentation (pod) and CPython's standard library source. None is the calibration
 text (the built-in Python documentation) or the license texts. Each domain gives WINDOWS × 256 tokens, spread evenly
 over its text, the same windows for every child; a domain whose files are missing here is left out and said so.
+The Debian texts are those of the packages of priority "required" only, the ones every Debian system has: a package
+installed later (a browser for the tests) does not change the panel.
 """
 from __future__ import annotations
 
@@ -28,20 +30,35 @@ def _read(path: Path) -> str:
     return path.read_text(errors="replace")
 
 
-def _files(pattern: str, first: int | None = None, by_parts: bool = False, once: bool = False) -> list[Path]:
-    """The first paths a glob pattern matches, in the order of their path strings (by_parts: of their parts), that
-    are files; with `once`, each file once (Debian links /usr/share/perl/5.36 to 5.36.0)."""
-    paths = sorted(Path("/").glob(pattern.lstrip("/")), key=None if by_parts else str)
+def _files(pattern: str, first: int | None = None, once: bool = False) -> list[Path]:
+    """The first paths a glob pattern matches, in the order of their path strings, that are files; with `once`, each
+    file once (Debian links /usr/share/perl/5.36 to 5.36.0)."""
+    paths = sorted(Path("/").glob(pattern.lstrip("/")), key=str)
     if once:
         seen = set()
         paths = [p for p in paths if not (p.resolve() in seen or seen.add(p.resolve()))]
     return [p for p in paths[:first] if p.is_file()]
 
 
+def _required() -> list[str]:
+    """The installed Debian packages of priority "required", by name, from dpkg's database ([] where there is none)."""
+    try:
+        stanzas = Path("/var/lib/dpkg/status").read_text(errors="replace").split("\n\n")
+    except OSError:
+        return []
+    fields = [dict(line.split(": ", 1) for line in s.splitlines() if ": " in line and line[0] != " ") for s in stanzas]
+    return sorted(f["Package"] for f in fields if f.get("Priority") == "required" and "installed" in f.get("Status", ""))
+
+
+def _docs(pattern: str) -> list[Path]:
+    """The files under /usr/share/doc/<package>/ matching `pattern`, of the required packages, in package order."""
+    return [p for pkg in _required() for p in sorted(Path("/usr/share/doc", pkg).glob(pattern)) if p.is_file()]
+
+
 SOURCES = {  # name -> the files of that domain, in a fixed order
-    "changelogs": lambda: _files("/usr/share/doc/*/changelog.Debian.gz", 60, by_parts=True),
-    "READMEs": lambda: _files("/usr/share/doc/*/README*", 120),
-    "NEWS": lambda: _files("/usr/share/doc/*/NEWS*", 60),
+    "changelogs": lambda: _docs("changelog.Debian.gz"),
+    "READMEs": lambda: _docs("README*"),
+    "NEWS": lambda: _docs("NEWS*"),
     "Perl docs": lambda: _files("/usr/share/perl/*/**/*.pod", once=True),
     "Python source": lambda: _files(sysconfig.get_paths()["stdlib"] + "/*.py", 60),
 }

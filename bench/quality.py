@@ -314,8 +314,9 @@ NOTES = """### Notes on these tables
   30.41 / 30.66 / 31.92 / 34.12); 0.1 and 0.3 tie on the changelogs (0.02 apart), so λ stays the one all fits
   share. None reaches 28.7 here; not adopted.
   Tried on 2026-12-06 (`/tmp` prototypes, the bench's windows; built-in held-out / changelogs / this text, and the
-  geometric mean of the five other domains where it says "domains"; the default 18.76 / 25.56 / 30.41, domains
-  30.92):
+  geometric mean of the five other domains where it says "domains", their Debian texts then the first packages'
+  files as this machine had them, before bench/domains.py kept to the required packages; the default 18.76 / 25.56 /
+  30.41, domains 30.92):
   - Where the loss is: on this text 14 % of the next tokens repeat a pair seen earlier in their window; on those the
     default loses little (1.20 nats against the parent's 1.05; the paper's rules 2.04), on the rest 3.78 against
     3.32 (the paper's 3.99). Each block cut alone (value-fitted; 8 windows of each text) costs the parent 0.12 /
@@ -350,7 +351,7 @@ NOTES = """### Notes on these tables
   reference ("The assert statement", "Assignment statements"): normative prose, the register of the license texts.
   32 windows spread evenly over the split instead (every prefix spread; importance on the first 16, the search on
   the first 2, as now), measured on 2026-12-06 for the default and the paper's rules at every shape, this text and
-  the five other domains (`/tmp` prototype; its domain texts are bench/domains.py's, byte for byte):
+  the five other domains (`/tmp` prototype; the domains' Debian texts then the first packages' files, as above):
 
   | shape | default, first windows: this text / domains | spread: this text / domains | paper, first | paper, spread |
   |---|---|---|---|---|
