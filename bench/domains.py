@@ -10,6 +10,7 @@ installed later (a browser for the tests) does not change the panel.
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import math
 import sysconfig
@@ -40,14 +41,17 @@ def _files(pattern: str, first: int | None = None, once: bool = False) -> list[P
     return [p for p in paths[:first] if p.is_file()]
 
 
-def _required() -> list[str]:
-    """The installed Debian packages of priority "required", by name, from dpkg's database ([] where there is none)."""
+@functools.cache
+def _required() -> tuple[str, ...]:
+    """The installed Debian packages of priority "required", by name, from dpkg's database (read once; none where
+    there is no database)."""
     try:
         stanzas = Path("/var/lib/dpkg/status").read_text(errors="replace").split("\n\n")
     except OSError:
-        return []
+        return ()
     fields = [dict(line.split(": ", 1) for line in s.splitlines() if ": " in line and line[0] != " ") for s in stanzas]
-    return sorted(f["Package"] for f in fields if f.get("Priority") == "required" and "installed" in f.get("Status", ""))
+    required = (f["Package"] for f in fields if f.get("Priority") == "required" and "installed" in f.get("Status", ""))
+    return tuple(sorted(required))
 
 
 def _docs(pattern: str) -> list[Path]:
@@ -64,7 +68,7 @@ SOURCES = {  # name -> the files of that domain, in a fixed order
 }
 
 
-def windows(parent, windows: int = WINDOWS) -> tuple[dict[str, Tokens], list[str]]:
+def windows(parent, n: int = WINDOWS) -> tuple[dict[str, Tokens], list[str]]:
     """({domain: its held-out windows}, [the domains missing on this machine])."""
     out, missing = {}, []
     for name, files in SOURCES.items():
@@ -73,7 +77,7 @@ def windows(parent, windows: int = WINDOWS) -> tuple[dict[str, Tokens], list[str
             missing.append(name)
             continue
         every = parent.tokenize("\n\n".join(_read(p) for p in paths), SEQ_LEN, 10**7, name).ids
-        out[name] = Tokens(every[torch.arange(windows) * len(every) // windows])
+        out[name] = Tokens(every[torch.arange(n) * len(every) // n])
     return out, missing
 
 
