@@ -359,6 +359,11 @@ NOTES = """### Notes on these tables
     the 32 windows, its error measured on the other half, both ways), so the choice cannot favour a refit that
     fits its own windows: even / odd windows (2 blocks change) 19.67 / 30.90 (36.38), first / second half (5)
     20.00 / 32.09 (38.80).
+  - A query head of the dropped group in a kept head's place, reading a kept group's keys through a map that
+    commutes with the rotary positions (per frequency pair a complex scale, k_dropped ≈ α k_kept; in some blocks
+    it leaves under 10 % of the key energy the queries weigh: blocks 7, 13, 19, 27), the kept values and output
+    projection fitted over the heads' actual patterns: in none of the 30 blocks did one of the 18 swaps lower
+    the fit's error (181 s), so it changes nothing.
   Nothing here was adopted: the only choices under 28.7 here pair a group choice from one set of windows with fits
   from another, picked by looking at this text.
 - The calibration windows are the first of the calibration split, and the split begins with the Python language
