@@ -47,14 +47,17 @@ RESIDUAL_SHARE = 0.75  # the same for the refits of the layers that read a cut r
 # X = W_K + s (X* − W_K), chosen the same way: on the changelogs 0.75 and 0.5 tie (hidden 432 and 24 / 504 / 1280,
 # zero-shot and after 20 steps), the full fit is the worst of the three there, and 0.75 is the better on the
 # calibration domain
-WINDOWS = 32  # calibration windows the fits use: 8 overfit (worse than no fit); 16 → 32 lowers the built-in
-# text's held-out perplexity 3-5 % (depth 20, ffn 768, 24 / 504 / 1280), 64 a further 3-7 % at twice the time
+WINDOWS = 32  # calibration windows the fits use unless told (Limits.fit_windows): 8 overfit (worse than no fit);
+# 16 → 32 lowers the built-in text's held-out perplexity 3-5 % (depth 20, ffn 768, 24 / 504 / 1280), 64 a further
+# 3-7 % at twice the time; 96 lower the built-in split's, the license text's and the five other domains' (geometric
+# mean) at every shape of bench/RESULTS.md, by 1-9 %, at three times the time. 32 keep a first Build under a minute.
+# The fits use every window they are given
 
 
-def windows(parent, data="builtin") -> Tokens:
-    """The calibration windows the fits use: the first WINDOWS of the calibration split of `data` (a Text or a spec),
-    of which the first 16 are the ones importance is measured on."""
-    return calibration(parent, data, samples=WINDOWS)
+def windows(parent, data="builtin", n: int = WINDOWS) -> Tokens:
+    """The calibration windows the fits use: the first n (WINDOWS unless told) of the calibration split of `data` (a
+    Text or a spec), of which the first 16 are the ones importance is measured on."""
+    return calibration(parent, data, samples=n)
 
 
 def check(name: str) -> str:
@@ -189,7 +192,7 @@ def measure(parent, plans: list, tokens: Tokens, method: str | list[str], progre
             heads_of.setdefault(i, set()).add(heads)
     if not pairs and not grams_of and not heads_of:
         return [dict for _ in plans]
-    full = len(tokens.ids[:WINDOWS])
+    full = len(tokens.ids)
     windows = [min(w, full) for w in windows or [full] * len(plans)]
     if any(w % 2 and w != max(windows) for w in windows):  # the pass may end on an odd window, nowhere before
         raise ValueError(f"fits on a prefix of the windows need an even count (the batches are pairs): {windows}")

@@ -33,7 +33,7 @@ from .evaluate import Reference, evaluate, generate, held_out, paired_speed, ref
 from .importance import Importance, analyze, drop_one
 from .limits import Limits, float_arg, int_arg, release_memory, text_arg
 from .parents import BUILTIN, DEFAULT_PARENT, Parent, load_parent
-from .compensate import COMPENSATE, fit, measure, windows
+from .compensate import COMPENSATE, WINDOWS, fit, measure, windows
 from .rotate import BASES, rotated
 from .rotate import applies as rotate_applies
 from .importance import cache_path
@@ -444,8 +444,9 @@ class Workspace:
             fitted = plan and design.compensate != "none"
             source = self.rotated(parent, text, progress) if fitted and design.basis != "dims" and \
                 shape.hidden < parent.shape.hidden else parent
+            # (when the fits use the span check's windows; more of them are fitted at Build, in a pass of their own)
             final = (plan_with, lambda p, fits: self._once(self._fits_key(source, text, p), lambda: fits, heavy=True)) \
-                if fitted else None
+                if fitted and self.limits.fit_windows == WINDOWS else None
             self._search(parent, text, imp, shape.layers if blocks else None, heads, progress, final, source)
         elif blocks:
             notes.append(f"the block search for {shape.layers} blocks runs at Build (up to a minute, once)")
@@ -509,9 +510,13 @@ class Workspace:
             lock.release()
 
     def calibration(self, parent: Parent, text: Text):
-        """The calibration windows the fits of a compensated plan use (the first 16 are the ones importance was
-        measured on; the block search reads the first 2)."""
+        """The calibration windows the block search, the heads' order and the span check read (the first 16 are the
+        ones importance was measured on; the block search reads the first 2)."""
         return windows(parent, text)
+
+    def fit_windows(self, parent: Parent, text: Text):
+        """The calibration windows the fits of a compensated plan use: the first `limits.fit_windows`."""
+        return windows(parent, text, self.limits.fit_windows)
 
     def fits(self, parent: Parent, text: Text, plan: Plan, progress: Progress | None = None) -> dict:
         """A compensated plan's fits, run on the calibration windows once per parent, text and kept structure, and
@@ -520,7 +525,7 @@ class Workspace:
         another width or depth, measures only what it adds."""
         def make():
             key, store = self._statistics(parent, text)
-            fits = fit(parent, plan, self.calibration(parent, text), plan.compensate, progress, store=store)
+            fits = fit(parent, plan, self.fit_windows(parent, text), plan.compensate, progress, store=store)
             self._recount(key)
             return fits
         key = self._fits_key(parent, text, plan)
@@ -541,7 +546,7 @@ class Workspace:
                         if p.compensate != "none" and self._fits_key(parent, text, p) not in self._heavy]
             if todo:
                 key, store = self._statistics(parent, text)
-                measure(parent, todo, self.calibration(parent, text), [p.compensate for p in todo], progress,
+                measure(parent, todo, self.fit_windows(parent, text), [p.compensate for p in todo], progress,
                         store=store)
                 self._recount(key)
 
@@ -732,9 +737,9 @@ class Workspace:
             step(0.6, "writing the folder and the zip")
             card = export.model_card(d.parent, child, d.plan, d.text, metrics)
             name = f"subclone-{_slug(d.parent.display_name)}-{d.shape.layers}L-{d.shape.hidden}h-{d.shape.ffn}f"
-            return self._archive(s, name, lambda out: export.write(
-                child, d.parent.tokenizer, d.plan, out, card, extra=dict(data=d.text.name, metrics=metrics)),
-                card, hub_repo, hub_token, step)
+            extra = dict(data=d.text.name, fit_windows=self.limits.fit_windows, metrics=metrics)
+            return self._archive(s, name, lambda out: export.write(child, d.parent.tokenizer, d.plan, out, card, extra),
+                                 card, hub_repo, hub_token, step)
 
     def _archive(self, s: Session, name: str, write: Callable, card: str, hub_repo: str = "", hub_token: str = "",
                  progress: Progress | None = None) -> tuple[Path, str, str]:

@@ -83,6 +83,8 @@ CLI = [
      "sequence length must be at most"),
     ("learning rate 0", ["train", "--parent", "{tiny}", "--lr", "0"], "learning rate must be above 0"),
     ("zero batch", ["train", "--parent", "{tiny}", "--batch-size", "0"], "batch size must be at least 1"),
+    ("no fit windows", ["clone", "--parent", "{tiny}", "--fit-windows", "0"], "--fit-windows must be at least 1"),
+    ("fit windows NaN", ["train", "--parent", "{tiny}", "--fit-windows", "x"], "invalid int value: 'x'"),
     ("eval of a folder without a model", ["eval", "--model", "{root}"], "not a model directory"),
 ]
 
@@ -111,6 +113,14 @@ def test_cli_still_works_after_the_bad_inputs_and_touched_nothing(odd, tmp_path)
 
 SPACE = Limits.space({})
 LOCAL = Limits.local({})
+
+
+def test_limits_read_from_the_environment_are_checked():
+    assert Limits.space({"SUBCLONE_FIT_WINDOWS": "96"}).fit_windows == 96 and SPACE.fit_windows == 32
+    with pytest.raises(SubcloneError, match="fit_windows must be at least 1"):
+        Limits.space({"SUBCLONE_FIT_WINDOWS": "0"})
+    with pytest.raises(SubcloneError, match="SUBCLONE_FIT_WINDOWS='many' is not a whole number"):
+        Limits.local({"SUBCLONE_FIT_WINDOWS": "many"})
 
 
 def design(**kw):

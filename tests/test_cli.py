@@ -40,10 +40,17 @@ def test_clone_then_eval_on_a_local_parent(tmp_path, tiny_dir):
     from subclone.compensate import windows
 
     parent = load_parent(str(tiny_dir))  # with the fits of its compensation, made on the same calibration text
-    assert record["compensate"] == "all" and record["data"] == "builtin"
-    rebuilt = build(parent, Plan.from_dict(record), windows(parent, record["data"]))
+    assert record["compensate"] == "all" and record["data"] == "builtin" and record["fit_windows"] == 32
+    rebuilt = build(parent, Plan.from_dict(record), windows(parent, record["data"], record["fit_windows"]))
     x = torch.randint(0, 300, (1, 12))
     assert torch.equal(rebuilt(x).logits, child.eval()(x).logits)
+    fewer = cli("clone", "--parent", str(tiny_dir), "--layers", "3", "--hidden", "24", "--ffn", "20", "--heads", "4",
+                "--block-rule", "middle", "--fit-windows", "6", "--out", str(tmp_path / "fewer"))
+    other = json.loads((tmp_path / "fewer" / "subclone.json").read_text())  # the same child, fitted on 6 windows
+    assert fewer["layers"] == made["layers"] and other["fit_windows"] == 6
+    six = build(parent, Plan.from_dict(other), windows(parent, other["data"], 6))
+    assert torch.equal(six(x).logits, AutoModelForCausalLM.from_pretrained(tmp_path / "fewer")(x).logits)
+    assert not torch.allclose(six(x).logits, child(x).logits)  # the fits did use the windows asked for
     result = cli("eval", "--model", str(out), "--json")
     assert LM_FIELDS <= set(result) and result["params"] == made["params"]
     assert result["perplexity"] > 0 and 0 <= result["top1_agreement"] <= 1 and result["kl_to_parent"] >= 0

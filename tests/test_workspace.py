@@ -232,8 +232,25 @@ def test_the_first_build_at_a_new_depth_fits_the_child_in_the_span_checks_pass(w
     assert tuple(d.plan.layers) in {tuple(p.layers) for p in calls[0][2:]}
     source = ws.source(d)  # the parent, or the parent rotated
     assert d.plan.basis == basis and bool(source.basis) == (basis == "principal")
-    kept, alone = ws.fits(source, d.text, d.plan), fit(source, d.plan, ws.calibration(d.parent, d.text), "all")
+    kept, alone = ws.fits(source, d.text, d.plan), fit(source, d.plan, ws.fit_windows(d.parent, d.text), "all")
     assert len(calls) == 2 and kept.keys() == alone.keys() and all(torch.equal(kept[k], alone[k]) for k in kept)
+
+
+def test_fits_on_other_windows_than_the_span_checks_get_a_pass_of_their_own(tmp_path, tiny_dir, monkeypatch):
+    """With `fit_windows` other than the span check's windows, the check fits only its two candidates and the child
+    is fitted on the first `fit_windows` windows, in a pass of its own."""
+    from subclone.compensate import fit, windows
+    from subclone.importance import cache_path
+
+    ws = Workspace(dataclasses.replace(LOCAL, memory_mb=100, fit_windows=6), tmp_path / "sessions")
+    cache_path(ws.parent(str(tiny_dir)), ws.text("builtin")).unlink(missing_ok=True)  # no depth checked yet
+    calls = _passes(monkeypatch)
+    d, _ = ws.build("alice", small(tiny_dir))
+    assert [len(plans) for plans in calls] == [2, 1]  # the span check's candidates, then the child
+    kept = ws.fits(d.parent, d.text, d.plan)
+    six, every = (fit(d.parent, d.plan, windows(d.parent, d.text, n), "all") for n in (6, 32))
+    assert len(ws.fit_windows(d.parent, d.text).ids) == 6 and kept.keys() == six.keys()
+    assert all(torch.equal(kept[k], six[k]) for k in kept) and not all(torch.equal(kept[k], every[k]) for k in kept)
 
 
 def test_the_fits_run_once_per_kept_structure(ws, tiny_dir, monkeypatch):
