@@ -29,6 +29,7 @@ from .arch import R, head_dims
 from .data import Tokens
 from .errors import SubcloneError, shown
 from .importance import calibration
+from .limits import Limits
 
 Progress = Callable[[float, str], None]
 COMPENSATE = {
@@ -47,7 +48,7 @@ RESIDUAL_SHARE = 0.75  # the same for the refits of the layers that read a cut r
 # X = W_K + s (X* − W_K), chosen the same way: on the changelogs 0.75 and 0.5 tie (hidden 432 and 24 / 504 / 1280,
 # zero-shot and after 20 steps), the full fit is the worst of the three there, and 0.75 is the better on the
 # calibration domain
-WINDOWS = 32  # calibration windows the fits use unless told (Limits.fit_windows): 8 overfit (worse than no fit);
+WINDOWS = Limits.fit_windows  # 32: calibration windows the fits use unless told: 8 overfit (worse than no fit);
 # 16 → 32 lowers the built-in text's held-out perplexity 3-5 % (depth 20, ffn 768, 24 / 504 / 1280), 64 a further
 # 3-7 % at twice the time; 96 lower the built-in split's, the license text's and the five other domains' (geometric
 # mean) at every shape of bench/RESULTS.md, by 1-9 %, at three times the time. 32 keep a first Build under a minute.

@@ -28,9 +28,7 @@ class Limits:
     memory_mb: int = 6_000  # parents and parent evaluations kept in memory, least recently used dropped first
     session_ttl_s: float = 3_600.0  # a session idle this long is ended: its jobs stop, its files are deleted
     allow_local_paths: bool = False  # may a request name a file or directory on this machine?
-    fit_windows: int = 32  # calibration windows (256 tokens each) the least-squares fits use: 32 keep a child's
-    # first Build under a minute; more lower the held-out perplexity (96: by 1-9 % at every shape of bench/RESULTS.md)
-    # at proportionally more time
+    fit_windows: int = 32  # calibration windows (256 tokens each) the least-squares fits use (compensate.WINDOWS)
 
     def __post_init__(self):
         if self.fit_windows < 1:

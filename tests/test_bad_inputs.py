@@ -84,7 +84,7 @@ CLI = [
     ("learning rate 0", ["train", "--parent", "{tiny}", "--lr", "0"], "learning rate must be above 0"),
     ("zero batch", ["train", "--parent", "{tiny}", "--batch-size", "0"], "batch size must be at least 1"),
     ("no fit windows", ["clone", "--parent", "{tiny}", "--fit-windows", "0"], "--fit-windows must be at least 1"),
-    ("fit windows NaN", ["train", "--parent", "{tiny}", "--fit-windows", "x"], "invalid int value: 'x'"),
+    ("fit windows not a number", ["train", "--parent", "{tiny}", "--fit-windows", "x"], "invalid int value: 'x'"),
     ("eval of a folder without a model", ["eval", "--model", "{root}"], "not a model directory"),
 ]
 
