@@ -174,7 +174,8 @@ def cmd_clone(args) -> dict:
                                       score=design.score, compensate=design.compensate, basis=d.plan.basis))
     plan, text = d.plan, d.text
     child = ws.child(d, progress=_stderr_progress)
-    write(child, parent.tokenizer, plan, args.out, model_card(parent, child, plan, text),
+    card = model_card(parent, child, plan, text, fit_windows=ws.limits.fit_windows)
+    write(child, parent.tokenizer, plan, args.out, card,
           extra=dict(data=text.name, fit_windows=ws.limits.fit_windows, parent_params=parent.model.num_parameters()),
           protect=[parent.source])
     return dict(out=args.out, parent=parent.name, shape=plan.shape.to_dict(), layers=plan.layers,
@@ -256,7 +257,8 @@ def cmd_train(args) -> dict | None:
         if not is_main_process():
             return None  # rank 0 saves and reports
         record = dict(parent=parent.name, data=text.name, fit_windows=ws.limits.fit_windows, **result)
-        write(child, parent.tokenizer, plan, args.out, model_card(parent, child, plan, text, training=record),
+        write(child, parent.tokenizer, plan, args.out, model_card(parent, child, plan, text, training=record,
+                                                              fit_windows=ws.limits.fit_windows),
               training=record, protect=[parent.source])
         return dict(out=args.out, parent=parent.name, shape=shape.to_dict(), params=child.num_parameters(), **result)
     finally:

@@ -58,9 +58,11 @@ def read_plan(model_dir) -> dict | None:
     return json.loads(f.read_text()) if f.exists() else None
 
 
-def model_card(parent, child, plan, data, metrics: dict | None = None, training: dict | None = None) -> str:
+def model_card(parent, child, plan, data, metrics: dict | None = None, training: dict | None = None,
+               fit_windows: int | None = None) -> str:
     """README.md for a child: how it was made (subcloned, or random init for a baseline), from which parent, with
-    which rules, whether and how it was trained, and how good it is."""
+    which rules (and on how many calibration windows its fits were made), whether and how it was trained, and how
+    good it is."""
     from .arch import family_for
     from .evaluate import n_params
     from .parents import auto_class
@@ -92,6 +94,8 @@ def model_card(parent, child, plan, data, metrics: dict | None = None, training:
                   f"| neuron rule | {plan.neuron_rule} |", f"| neuron score | {plan.score} |",
                   f"| weight scaling √(d/d′) | {scale} |",
                   f"| compensation (least-squares fits on the calibration text) | {plan.compensate} |",
+                  *([f"| calibration windows the fits read (256 tokens each) | {fit_windows} |"]
+                    if fit_windows and plan.compensate != "none" else []),
                   f"| residual basis | {plan.basis} |"]
     lines += [f"| calibration text | {data} |", ""]
     if metrics:

@@ -735,7 +735,7 @@ class Workspace:
                 step(0.3, "evaluating (no latency)")
                 metrics = evaluate(child, self.reference(d.parent, d.text), d.plan.residual, speed=False)
             step(0.6, "writing the folder and the zip")
-            card = export.model_card(d.parent, child, d.plan, d.text, metrics)
+            card = export.model_card(d.parent, child, d.plan, d.text, metrics, fit_windows=self.limits.fit_windows)
             name = f"subclone-{_slug(d.parent.display_name)}-{d.shape.layers}L-{d.shape.hidden}h-{d.shape.ffn}f"
             extra = dict(data=d.text.name, fit_windows=self.limits.fit_windows, metrics=metrics)
             return self._archive(s, name, lambda out: export.write(child, d.parent.tokenizer, d.plan, out, card, extra),
@@ -846,7 +846,8 @@ class Workspace:
         if init not in s.healed:
             raise SubcloneError(f"train the '{shown(init)}' init first (Start in Heal)")
         child, plan, result, metrics, d = s.healed[init]
-        card = export.model_card(d.parent, child, plan, d.text, metrics, training=result)
+        card = export.model_card(d.parent, child, plan, d.text, metrics, training=result,
+                                 fit_windows=self.limits.fit_windows)
         shape = d.parent.family.read_shape(child.config)
         name = f"subclone-{_slug(d.parent.display_name)}-{shape.layers}L-{shape.hidden}h-{init}-{result['steps']}steps"
         return self._archive(s, name, lambda out: export.write(

@@ -51,6 +51,7 @@ def test_clone_then_eval_on_a_local_parent(tmp_path, tiny_dir):
     six = build(parent, Plan.from_dict(other), windows(parent, other["data"], 6))
     assert torch.equal(six(x).logits, AutoModelForCausalLM.from_pretrained(tmp_path / "fewer")(x).logits)
     assert not torch.allclose(six(x).logits, child(x).logits)  # the fits did use the windows asked for
+    assert "| calibration windows the fits read (256 tokens each) | 6 |" in (tmp_path / "fewer/README.md").read_text()
     result = cli("eval", "--model", str(out), "--json")
     assert LM_FIELDS <= set(result) and result["params"] == made["params"]
     assert result["perplexity"] > 0 and 0 <= result["top1_agreement"] <= 1 and result["kl_to_parent"] >= 0
