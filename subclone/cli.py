@@ -248,7 +248,7 @@ def cmd_train(args) -> dict | None:
     if args.init != "random":
         imp = ws.design(design, compute=True, progress=_stderr_progress, plan=False).importance  # runs the search
     fitted = design.compensate != "none" or rules["basis"] != "dims"
-    calibration = ws.fit_windows(parent, text) if args.init == "subclone" and fitted else None
+    calibration = ws.fit_calibration(parent, text) if args.init == "subclone" and fitted else None
     child, plan = init_child(parent, imp, shape, args.init, seed=args.seed, calibration=calibration, **rules)
     train_tokens, eval_tokens = text_tokens(parent, text, args.seq_len)
     child, result = train(child, train_tokens, eval_tokens, config, init=args.init,

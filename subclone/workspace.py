@@ -514,7 +514,7 @@ class Workspace:
         ones importance was measured on; the block search reads the first 2)."""
         return windows(parent, text)
 
-    def fit_windows(self, parent: Parent, text: Text):
+    def fit_calibration(self, parent: Parent, text: Text):
         """The calibration windows the fits of a compensated plan use: the first `limits.fit_windows`."""
         return windows(parent, text, self.limits.fit_windows)
 
@@ -525,7 +525,7 @@ class Workspace:
         another width or depth, measures only what it adds."""
         def make():
             key, store = self._statistics(parent, text)
-            fits = fit(parent, plan, self.fit_windows(parent, text), plan.compensate, progress, store=store)
+            fits = fit(parent, plan, self.fit_calibration(parent, text), plan.compensate, progress, store=store)
             self._recount(key)
             return fits
         key = self._fits_key(parent, text, plan)
@@ -546,7 +546,7 @@ class Workspace:
                         if p.compensate != "none" and self._fits_key(parent, text, p) not in self._heavy]
             if todo:
                 key, store = self._statistics(parent, text)
-                measure(parent, todo, self.fit_windows(parent, text), [p.compensate for p in todo], progress,
+                measure(parent, todo, self.fit_calibration(parent, text), [p.compensate for p in todo], progress,
                         store=store)
                 self._recount(key)
 

@@ -232,7 +232,7 @@ def test_the_first_build_at_a_new_depth_fits_the_child_in_the_span_checks_pass(w
     assert tuple(d.plan.layers) in {tuple(p.layers) for p in calls[0][2:]}
     source = ws.source(d)  # the parent, or the parent rotated
     assert d.plan.basis == basis and bool(source.basis) == (basis == "principal")
-    kept, alone = ws.fits(source, d.text, d.plan), fit(source, d.plan, ws.fit_windows(d.parent, d.text), "all")
+    kept, alone = ws.fits(source, d.text, d.plan), fit(source, d.plan, ws.fit_calibration(d.parent, d.text), "all")
     assert len(calls) == 2 and kept.keys() == alone.keys() and all(torch.equal(kept[k], alone[k]) for k in kept)
 
 
@@ -249,7 +249,7 @@ def test_fits_on_other_windows_than_the_span_checks_get_a_pass_of_their_own(tmp_
     assert [len(plans) for plans in calls] == [2, 1]  # the span check's candidates, then the child
     kept = ws.fits(d.parent, d.text, d.plan)
     six, every = (fit(d.parent, d.plan, windows(d.parent, d.text, n), "all") for n in (6, 32))
-    assert len(ws.fit_windows(d.parent, d.text).ids) == 6 and kept.keys() == six.keys()
+    assert len(ws.fit_calibration(d.parent, d.text).ids) == 6 and kept.keys() == six.keys()
     assert all(torch.equal(kept[k], six[k]) for k in kept) and not all(torch.equal(kept[k], every[k]) for k in kept)
 
 
