@@ -157,7 +157,7 @@ def cmd_clone(args) -> dict:
     from dataclasses import replace
 
     from . import make_plan, resolve_shape
-    from .export import check_writable, model_card, write
+    from .export import check_writable, fit_record, model_card, write
 
     ws = _workspace(args)
     design = _design(ws, args)
@@ -176,7 +176,7 @@ def cmd_clone(args) -> dict:
     child = ws.child(d, progress=_stderr_progress)
     card = model_card(parent, child, plan, text, fit_windows=ws.limits.fit_windows)
     write(child, parent.tokenizer, plan, args.out, card,
-          extra=dict(data=text.name, fit_windows=ws.limits.fit_windows, parent_params=parent.model.num_parameters()),
+          extra=dict(data=text.name, **fit_record(plan, ws.limits.fit_windows), parent_params=parent.model.num_parameters()),
           protect=[parent.source])
     return dict(out=args.out, parent=parent.name, shape=plan.shape.to_dict(), layers=plan.layers,
                 params=plan.params, parent_params=parent.model.num_parameters(),
@@ -225,7 +225,7 @@ def cmd_eval(args) -> dict:
 
 def cmd_train(args) -> dict | None:
     from . import resolve_shape
-    from .export import check_writable, model_card, write
+    from .export import check_writable, fit_record, model_card, write
     from .train import TrainConfig, end_processes, init_child, is_main_process, text_tokens, train
     from .workspace import max_positions
 
@@ -256,7 +256,7 @@ def cmd_train(args) -> dict | None:
     try:
         if not is_main_process():
             return None  # rank 0 saves and reports
-        record = dict(parent=parent.name, data=text.name, fit_windows=ws.limits.fit_windows, **result)
+        record = dict(parent=parent.name, data=text.name, **fit_record(plan, ws.limits.fit_windows), **result)
         write(child, parent.tokenizer, plan, args.out, model_card(parent, child, plan, text, training=record,
                                                               fit_windows=ws.limits.fit_windows),
               training=record, protect=[parent.source])

@@ -58,6 +58,11 @@ def read_plan(model_dir) -> dict | None:
     return json.loads(f.read_text()) if f.exists() else None
 
 
+def fit_record(plan, fit_windows: int | None) -> dict:
+    """{"fit_windows": n} for a child whose fits read n calibration windows; {} for one with no fits (or no plan)."""
+    return {"fit_windows": fit_windows} if fit_windows and plan is not None and plan.compensate != "none" else {}
+
+
 def model_card(parent, child, plan, data, metrics: dict | None = None, training: dict | None = None,
                fit_windows: int | None = None) -> str:
     """README.md for a child: how it was made (subcloned, or random init for a baseline), from which parent, with
@@ -94,8 +99,8 @@ def model_card(parent, child, plan, data, metrics: dict | None = None, training:
                   f"| neuron rule | {plan.neuron_rule} |", f"| neuron score | {plan.score} |",
                   f"| weight scaling √(d/d′) | {scale} |",
                   f"| compensation (least-squares fits on the calibration text) | {plan.compensate} |",
-                  *([f"| calibration windows the fits read (256 tokens each) | {fit_windows} |"]
-                    if fit_windows and plan.compensate != "none" else []),
+                  *(f"| calibration windows the fits read (256 tokens each) | {n} |"
+                    for n in fit_record(plan, fit_windows).values()),
                   f"| residual basis | {plan.basis} |"]
     lines += [f"| calibration text | {data} |", ""]
     if metrics:

@@ -737,7 +737,7 @@ class Workspace:
             step(0.6, "writing the folder and the zip")
             card = export.model_card(d.parent, child, d.plan, d.text, metrics, fit_windows=self.limits.fit_windows)
             name = f"subclone-{_slug(d.parent.display_name)}-{d.shape.layers}L-{d.shape.hidden}h-{d.shape.ffn}f"
-            extra = dict(data=d.text.name, fit_windows=self.limits.fit_windows, metrics=metrics)
+            extra = dict(data=d.text.name, **export.fit_record(d.plan, self.limits.fit_windows), metrics=metrics)
             return self._archive(s, name, lambda out: export.write(child, d.parent.tokenizer, d.plan, out, card, extra),
                                  card, hub_repo, hub_token, step)
 
@@ -852,6 +852,7 @@ class Workspace:
         name = f"subclone-{_slug(d.parent.display_name)}-{shape.layers}L-{shape.hidden}h-{init}-{result['steps']}steps"
         return self._archive(s, name, lambda out: export.write(
             child, d.parent.tokenizer, plan, out, card, training=dict(parent=d.parent.display_name, data=d.text.name,
+                                                                      **export.fit_record(plan, self.limits.fit_windows),
                                                                       **result)), card)
 
 

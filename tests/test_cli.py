@@ -73,6 +73,8 @@ def test_clone_in_principal_directions_rebuilds_from_its_record(tmp_path, tiny_d
     x = torch.randint(0, 300, (1, 12))
     assert torch.equal(rebuilt(x).logits, child.eval()(x).logits)
     assert "| residual basis | principal |" in (out / "README.md").read_text()
+    assert "fit_windows" not in record  # no fits: the record names no fit windows (the card neither)
+    assert "calibration windows the fits read" not in (out / "README.md").read_text()
 
 
 def test_full_shape_clone_evaluates_as_the_parent(tmp_path, tiny_dir):
