@@ -176,7 +176,8 @@ def cmd_clone(args) -> dict:
     child = ws.child(d, progress=_stderr_progress)
     card = model_card(parent, child, plan, text, fit_windows=ws.limits.fit_windows)
     write(child, parent.tokenizer, plan, args.out, card,
-          extra=dict(data=text.name, **fit_record(plan, ws.limits.fit_windows), parent_params=parent.model.num_parameters()),
+          extra=dict(data=text.name, **fit_record(plan, ws.limits.fit_windows),
+                     parent_params=parent.model.num_parameters()),
           protect=[parent.source])
     return dict(out=args.out, parent=parent.name, shape=plan.shape.to_dict(), layers=plan.layers,
                 params=plan.params, parent_params=parent.model.num_parameters(),
@@ -247,9 +248,12 @@ def cmd_train(args) -> dict | None:
                             basis=design.basis)
     if args.init != "random":
         imp = ws.design(design, compute=True, progress=_stderr_progress, plan=False).importance  # runs the search
-    fitted = design.compensate != "none" or rules["basis"] != "dims"
-    calibration = ws.fit_calibration(parent, text) if args.init == "subclone" and fitted else None
-    child, plan = init_child(parent, imp, shape, args.init, seed=args.seed, calibration=calibration, **rules)
+    # as clone and Heal build it: the parent rotated on the calibration windows, the fits on the fit windows (cached:
+    # those the span check made are not made again)
+    turned = ws.rotated(parent, text, _stderr_progress) if args.init == "subclone" and rules["basis"] != "dims" and \
+        shape.hidden < parent.shape.hidden else None
+    child, plan = init_child(parent, imp, shape, args.init, seed=args.seed, rotated=turned, **rules,
+                             fitted=lambda p: ws.fits(turned if p.basis != "dims" else parent, text, p, _stderr_progress))
     train_tokens, eval_tokens = text_tokens(parent, text, args.seq_len)
     child, result = train(child, train_tokens, eval_tokens, config, init=args.init,
                           teacher=parent.model if args.distill > 0 else None)

@@ -77,6 +77,20 @@ def test_clone_in_principal_directions_rebuilds_from_its_record(tmp_path, tiny_d
     assert "calibration windows the fits read" not in (out / "README.md").read_text()
 
 
+def test_train_starts_from_the_child_clone_makes(tmp_path, tiny_dir):
+    """`train --init subclone` builds its start as `clone` does: the parent rotated on the calibration windows, the
+    fits on --fit-windows of them. One step at a learning rate of 1e-9 leaves the weights where they started."""
+    flags = ["--parent", str(tiny_dir), "--layers", "3", "--hidden", "24", "--basis", "principal", "--fit-windows", "6"]
+    cli("clone", *flags, "--out", str(tmp_path / "cloned"))
+    cli("train", *flags, "--steps", "1", "--lr", "1e-9", "--batch-size", "2", "--seq-len", "32",
+        "--out", str(tmp_path / "trained"), "--json")
+    cloned, trained = (AutoModelForCausalLM.from_pretrained(tmp_path / d) for d in ("cloned", "trained"))
+    x = torch.randint(0, 300, (1, 12))
+    assert torch.allclose(trained(x).logits, cloned(x).logits, atol=1e-4)
+    record = json.loads((tmp_path / "trained" / "training.json").read_text())
+    assert record["fit_windows"] == 6 and record["steps"] == 1
+
+
 def test_full_shape_clone_evaluates_as_the_parent(tmp_path, tiny_dir):
     out = tmp_path / "same"
     cli("clone", "--parent", str(tiny_dir), "--out", str(out))
