@@ -26,6 +26,22 @@ def run(model, x=None):
         return out(model, ids() if x is None else x)
 
 
+def run_masked(parent, module: str, units: tuple[int, ...], kept: list) -> torch.Tensor:
+    """The parent's output with the input of each block's `module` zeroed outside its kept units (`units` the shape
+    the input's features fold into: (heads, head_dim) or (ffn,))."""
+    handles = []
+    for b, keep in zip(parent.model.get_submodule(parent.family.layers), kept):
+        mask = torch.zeros(units)
+        mask[keep] = 1
+        handles.append(b.get_submodule(module).register_forward_pre_hook(
+            lambda _, args, m=mask.flatten(): (args[0] * m,)))
+    try:
+        return run(parent.model)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def test_full_shape_child_reproduces_parent(setup):
     parent, imp = setup
     for rule in ("importance", "random"):  # every rule keeps everything at full shape
@@ -82,18 +98,7 @@ def test_slicing_heads_equals_zeroing_them(setup):
     group = p.heads // p.kv_heads
     kv = max(k for k in range(1, p.kv_heads) if p.hidden % (k * group) == 0)
     plan = make_plan(parent, imp, resolve_shape(parent.family, p, heads=kv * group, kv_heads=kv), scale=False)
-    blocks = parent.model.get_submodule(parent.family.layers)
-    handles = []
-    for j, b in enumerate(blocks):
-        mask = torch.zeros(p.heads, p.head_dim)
-        mask[plan.heads[j]] = 1
-        handles.append(b.get_submodule(parent.family.heads_input).register_forward_pre_hook(
-            lambda _, args, m=mask.flatten(): (args[0] * m,)))
-    try:
-        expected = run(parent.model)
-    finally:
-        for h in handles:
-            h.remove()
+    expected = run_masked(parent, parent.family.heads_input, (p.heads, p.head_dim), plan.heads)
     assert (run(build(parent, plan)) - expected).abs().max() <= 1e-4
 
 
@@ -101,18 +106,7 @@ def test_slicing_ffn_neurons_equals_zeroing_them(setup):
     parent, imp = setup
     p = parent.shape
     plan = make_plan(parent, imp, resolve_shape(parent.family, p, ffn=p.ffn - 5), scale=False)
-    blocks = parent.model.get_submodule(parent.family.layers)
-    handles = []
-    for j, b in enumerate(blocks):
-        mask = torch.zeros(p.ffn)
-        mask[plan.ffn[j]] = 1
-        handles.append(b.get_submodule(parent.family.ffn_input).register_forward_pre_hook(
-            lambda _, args, m=mask: (args[0] * m,)))
-    try:
-        expected = run(parent.model)
-    finally:
-        for h in handles:
-            h.remove()
+    expected = run_masked(parent, parent.family.ffn_input, (p.ffn,), plan.ffn)
     assert (run(build(parent, plan)) - expected).abs().max() <= 1e-4
 
 
