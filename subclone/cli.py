@@ -246,14 +246,13 @@ def cmd_train(args) -> dict | None:
     imp, rules = None, dict(block_rule=design.block_rule, neuron_rule=design.neuron_rule,
                             scale=design.scale_choice, score=design.score, compensate=design.compensate,
                             basis=design.basis)
-    if args.init != "random":
-        imp = ws.design(design, compute=True, progress=_stderr_progress, plan=False).importance  # runs the search
-    # as clone and Heal build it: the parent rotated on the calibration windows, the fits on the fit windows (cached:
-    # those the span check made are not made again)
-    turned = ws.rotated(parent, text, _stderr_progress) if args.init == "subclone" and rules["basis"] != "dims" and \
-        shape.hidden < parent.shape.hidden else None
-    child, plan = init_child(parent, imp, shape, args.init, seed=args.seed, rotated=turned, **rules,
-                             fitted=lambda p: ws.fits(turned if p.basis != "dims" else parent, text, p, _stderr_progress))
+    starts = {}
+    if args.init != "random":  # runs the search, whose span check also fits a subcloned child in its pass
+        d = ws.design(design, compute=True, progress=_stderr_progress, plan=args.init == "subclone")
+        imp = d.importance
+        if args.init == "subclone":  # the child clone and Heal build, from the same cached parent and fits
+            starts = ws.starts(d, _stderr_progress)
+    child, plan = init_child(parent, imp, shape, args.init, seed=args.seed, **rules, **starts)
     train_tokens, eval_tokens = text_tokens(parent, text, args.seq_len)
     child, result = train(child, train_tokens, eval_tokens, config, init=args.init,
                           teacher=parent.model if args.distill > 0 else None)

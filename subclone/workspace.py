@@ -580,6 +580,13 @@ class Workspace:
         """The parent the designed child is cut from: the parent itself, or rotated when the plan says so."""
         return self.rotated(d.parent, d.text, progress) if d.plan.basis != "dims" else d.parent
 
+    def starts(self, d: "Designed", progress: Progress | None = None) -> dict:
+        """`rotated` and `fitted` for train.init_child, so a training starts from the child Build makes: the parent it
+        is cut from and its fits, both cached (a plan in principal directions is cut from the rotated parent)."""
+        turned = self.source(d, progress) if d.plan.basis != "dims" else None
+        return dict(rotated=turned, fitted=lambda plan: self.fits(turned if plan.basis != "dims" else d.parent, d.text,
+                                                                  plan, progress))
+
     def child(self, d: "Designed", progress: Progress | None = None):
         """Build the designed child (its fits, if any, from `fits`)."""
         source = self.source(d, progress)
@@ -792,11 +799,6 @@ class Workspace:
                 try:  # what Build has not measured for this shape yet is measured here, in the job: Stop ends it
                     step = _progress(job, pace.say)
                     box["design"] = d = self.design(design, s, compute=True, progress=step)
-                    turned = self.source(d, step) if d.plan.basis != "dims" else None  # cut from by Build (cached)
-
-                    def fitted(plan):  # the fits Build made (cached)
-                        return self.fits(turned if plan.basis != "dims" else d.parent, d.text, plan, step)
-
                     pace.say(0, "building the children and evaluating them before training")
                     box["runs"] = compare_inits(d.parent, d.importance, d.shape, inits, config, d.text,
                                                 on_eval=lambda i, r: (pace.step(i, r["step"]), records.put((i, r))),
@@ -804,7 +806,7 @@ class Workspace:
                                                 on_step=pace.step,
                                                 block_rule=d.plan.block_rule, neuron_rule=d.plan.neuron_rule,
                                                 scale=d.plan.scale, score=d.plan.score, compensate=d.plan.compensate,
-                                                basis=d.plan.basis, fitted=fitted, rotated=turned)
+                                                basis=d.plan.basis, **self.starts(d, step))
                 except BaseException as e:  # handed to the consumer below
                     box["error"] = e
                 finally:
