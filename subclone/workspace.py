@@ -33,7 +33,7 @@ from .evaluate import Reference, evaluate, generate, held_out, paired_speed, ref
 from .importance import Importance, analyze, drop_one
 from .limits import Limits, float_arg, int_arg, release_memory, text_arg
 from .parents import BUILTIN, DEFAULT_PARENT, Parent, load_parent
-from .compensate import COMPENSATE, WINDOWS, fit, measure, windows
+from .compensate import COMPENSATE, fit, measure, windows
 from .rotate import BASES, rotated
 from .rotate import applies as rotate_applies
 from .importance import cache_path
@@ -444,9 +444,10 @@ class Workspace:
             fitted = plan and design.compensate != "none"
             source = self.rotated(parent, text, progress) if fitted and design.basis != "dims" and \
                 shape.hidden < parent.shape.hidden else parent
-            # (when the fits use the span check's windows; more of them are fitted at Build, in a pass of their own)
+            # (when the fits read the span check's windows; other windows are fitted at Build, in a pass of their own)
+            same = fitted and len(self.fit_calibration(parent, text).ids) == len(self.calibration(parent, text).ids)
             final = (plan_with, lambda p, fits: self._once(self._fits_key(source, text, p), lambda: fits, heavy=True)) \
-                if fitted and self.limits.fit_windows == WINDOWS else None
+                if same else None
             self._search(parent, text, imp, shape.layers if blocks else None, heads, progress, final, source)
         elif blocks:
             notes.append(f"the block search for {shape.layers} blocks runs at Build (up to a minute, once)")

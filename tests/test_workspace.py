@@ -563,3 +563,22 @@ def test_what_a_job_frees_goes_back_to_the_system():
         assert rss() > held - 50 * 2**20  # freed, and still held by the allocator
     assert rss() < held - 150 * 2**20  # the job's end gave it back
     del blocks
+
+
+def test_fit_windows_past_a_short_texts_end_still_fit_the_child_in_the_span_checks_pass(tmp_path, tiny_dir,
+                                                                                          monkeypatch):
+    """A text shorter than the span check's 32 windows gives the fits the same windows whatever `fit_windows` asks
+    beyond them: the check's pass fits the child too, and no second pass is made."""
+    from subclone.importance import cache_path
+
+    path = tmp_path / "short.txt"
+    path.write_text("\n\n".join(f"Paragraph {i}: the quick brown fox jumps over the lazy dog, then rests a while "
+                                "before it runs home again." for i in range(60)))
+    ws = Workspace(dataclasses.replace(LOCAL, memory_mb=100, fit_windows=64), tmp_path / "sessions")
+    text = ws.text(str(path))
+    n = len(ws.calibration(ws.parent(str(tiny_dir)), text).ids)
+    assert 4 <= n < 32 and len(ws.fit_calibration(ws.parent(str(tiny_dir)), text).ids) == n
+    cache_path(ws.parent(str(tiny_dir)), text).unlink(missing_ok=True)
+    calls = _passes(monkeypatch)
+    ws.build("alice", Design.of(LOCAL, str(tiny_dir), str(path), 3, 24, 20, 4, 2))
+    assert [len(plans) for plans in calls] == [4]
